@@ -1,0 +1,1 @@
+"""Flink topologies of streamrank and the entry points that build and run them."""

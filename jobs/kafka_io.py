@@ -1,0 +1,100 @@
+"""Kafka sources and sinks of the job, through the official Flink Kafka connector.
+
+The connector's table factory is used (it builds the same ``KafkaSource``/``KafkaSink``) because
+from Python it is the one way to get, with no Java code of our own:
+  * the raw bytes of every record together with its topic/partition/offset (for dead letters),
+  * a record key taken from one column and the value from another (rankings keyed by user),
+  * null values written as tombstones (forget-user on the compacted rankings topic).
+The tables are converted to/from DataStreams, so the topology itself is DataStream API.
+"""
+
+from __future__ import annotations
+
+from pyflink.datastream import DataStream
+from pyflink.table import StreamTableEnvironment
+
+from streamrank.config import KafkaSettings
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _with(options: dict) -> str:
+    return ",\n  ".join(f"{_quote(k)} = {_quote(v)}" for k, v in options.items())
+
+
+def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
+                  table: str) -> DataStream:
+    """A DataStream of rows ``(key, value, topic, partition, offset, ts)`` read from ``topic``;
+    key and value are raw bytes (either may be null)."""
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": kafka.bootstrap_servers,
+        "properties.group.id": kafka.group_id,
+        # Resume from the group's committed offsets; without any, start as configured.
+        "scan.startup.mode": "group-offsets",
+        "properties.auto.offset.reset": kafka.starting_offsets,
+        "key.format": "raw",
+        "key.fields": "key",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+    }
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE `{table}` (
+          `key` BYTES,
+          `value` BYTES,
+          `topic` STRING METADATA VIRTUAL,
+          `partition` INT METADATA VIRTUAL,
+          `offset` BIGINT METADATA VIRTUAL,
+          `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
+        ) WITH (
+          {_with(options)}
+        )""")
+    return t_env.to_data_stream(t_env.from_path(table))
+
+
+def _sink_options(kafka: KafkaSettings, topic: str, sink_name: str) -> dict:
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": kafka.bootstrap_servers,
+        "value.format": "raw",
+    }
+    if kafka.delivery_guarantee == "exactly-once":
+        options.update({
+            "sink.delivery-guarantee": "exactly-once",
+            "sink.transactional-id-prefix": f"{kafka.transactional_id_prefix}-{sink_name}",
+            "properties.transaction.timeout.ms": str(kafka.transaction_timeout_ms),
+        })
+    elif kafka.delivery_guarantee == "at-least-once":
+        options["sink.delivery-guarantee"] = "at-least-once"
+    else:
+        raise ValueError(f"kafka.delivery_guarantee must be at-least-once or exactly-once, "
+                         f"got {kafka.delivery_guarantee!r}")
+    return options
+
+
+def keyed_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
+               table: str) -> str:
+    """A sink table taking rows ``(k, v)``: ``k`` becomes the record key, ``v`` the value
+    (null -> tombstone)."""
+    options = _sink_options(kafka, topic, table)
+    options.update({"key.format": "raw", "key.fields": "k",
+                    "value.fields-include": "EXCEPT_KEY"})
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE `{table}` (`k` BYTES, `v` BYTES) WITH (
+          {_with(options)}
+        )""")
+    return table
+
+
+def value_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
+               table: str) -> str:
+    """A sink table taking rows ``(v)`` written as key-less records."""
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE `{table}` (`v` BYTES) WITH (
+          {_with(_sink_options(kafka, topic, table))}
+        )""")
+    return table

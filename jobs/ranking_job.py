@@ -1,0 +1,137 @@
+"""The streamrank topology: Kafka events + catalog -> per-user re-ranked top-k -> Kafka.
+
+    items  -> parse -> embed (batched, cached) -------------------------.
+    events -> parse/validate --(bad)--> events-dlq                       | broadcast
+                            \\-> key_by(user) -> rank (keyed state) <----+   -> rankings
+                            \\-> key_by(item) -> item popularity --------'
+
+Run it in a local MiniCluster with ``streamrank run``, or on a cluster with
+``flink run -py jobs/ranking_job.py [--config FILE] [--set key=value ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import zlib
+from pathlib import Path
+
+if __package__ in (None, ""):  # `flink run -py jobs/ranking_job.py`: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pyflink.common import Configuration, Types  # noqa: E402
+from pyflink.datastream import StreamExecutionEnvironment  # noqa: E402
+from pyflink.table import StreamTableEnvironment  # noqa: E402
+
+from jobs import kafka_io  # noqa: E402
+from operators.functions import (  # noqa: E402
+    CATALOG_STATE,
+    CATALOG_UPDATE_TYPE,
+    DLQ_TAG,
+    EVENT_TYPE,
+    ITEM_TYPE,
+    KEYED_RECORD_TYPE,
+    POPULARITY_STATE,
+    EmbedItems,
+    ItemPopularity,
+    ParseEvents,
+    ParseItems,
+    RankUsers,
+)
+from streamrank.config import Settings, load_settings, parse_set_args  # noqa: E402
+from streamrank.runtime import flink_configuration, prepare_process_environment  # noqa: E402
+from udfs.embedding import resolve_model  # noqa: E402
+
+log = logging.getLogger("streamrank.job")
+
+# Catalog records are spread over this many embedding buckets per unit of parallelism; each
+# bucket batches its own items.
+EMBED_BUCKETS_PER_SUBTASK = 4
+
+
+def create_environment(settings: Settings) -> tuple[StreamExecutionEnvironment,
+                                                    StreamTableEnvironment]:
+    conf = Configuration()
+    for key, value in flink_configuration(settings).items():
+        conf.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(settings.flink.parallelism)
+    env.enable_checkpointing(settings.flink.checkpoint_interval_ms)
+    return env, StreamTableEnvironment.create(env)
+
+
+def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment,
+                   settings: Settings) -> None:
+    """Wire sources, operators and sinks into ``env`` (execution is the caller's)."""
+    kafka, topics = settings.kafka, settings.kafka.topics
+    model_id, _ = resolve_model(settings.model.name_or_path)
+    buckets = EMBED_BUCKETS_PER_SUBTASK * settings.flink.parallelism
+
+    items = (
+        kafka_io.source_stream(t_env, kafka, topics.items, "items_source")
+        .process(ParseItems(settings.validation), output_type=ITEM_TYPE)
+        .name("parse-items").uid("parse-items")
+    )
+    catalog = (
+        items.key_by(lambda it: zlib.crc32(it["item_id"].encode("utf-8")) % buckets,
+                     key_type=Types.INT())
+        .process(EmbedItems(settings.model), output_type=CATALOG_UPDATE_TYPE)
+        .name("embed-items").uid("embed-items")
+    )
+    events = (
+        kafka_io.source_stream(t_env, kafka, topics.events, "events_source")
+        .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
+        .name("parse-events").uid("parse-events")
+    )
+    popularity = (
+        events.filter(lambda ev: ev["type"] != "forget_user")
+        .name("interactions").uid("interactions")
+        .key_by(lambda ev: ev["item_id"], key_type=Types.STRING())
+        .process(ItemPopularity(settings.ranking), output_type=CATALOG_UPDATE_TYPE)
+        .name("item-popularity").uid("item-popularity")
+    )
+    catalog_broadcast = catalog.union(popularity).broadcast(CATALOG_STATE, POPULARITY_STATE)
+    rankings = (
+        events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
+        .connect(catalog_broadcast)
+        .process(RankUsers(settings.ranking, model_id), output_type=KEYED_RECORD_TYPE)
+        .name("rank-users").uid("rank-users")
+    )
+
+    statements = t_env.create_statement_set()
+    statements.add_insert(
+        kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
+        t_env.from_data_stream(rankings))
+    statements.add_insert(
+        kafka_io.value_sink(t_env, kafka, topics.events_dlq, "events_dlq_sink"),
+        t_env.from_data_stream(events.get_side_output(DLQ_TAG)))
+    statements.add_insert(
+        kafka_io.value_sink(t_env, kafka, topics.items_dlq, "items_dlq_sink"),
+        t_env.from_data_stream(items.get_side_output(DLQ_TAG)))
+    statements.attach_as_datastream()
+
+
+def run(settings: Settings, detached: bool = False):
+    """Build and execute the job; blocks unless ``detached`` (then returns the JobClient)."""
+    prepare_process_environment()
+    env, t_env = create_environment(settings)
+    build_pipeline(env, t_env, settings)
+    if detached:
+        return env.execute_async("streamrank")
+    return env.execute("streamrank")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the streamrank Flink job.")
+    parser.add_argument("--config", help="YAML file merged over conf/streamrank.yaml")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set ranking.k=20 (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    run(load_settings(args.config, parse_set_args(args.set)))
+
+
+if __name__ == "__main__":
+    main()

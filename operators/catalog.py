@@ -1,0 +1,116 @@
+"""In-memory catalog of item embeddings and popularity, laid out for fast scoring.
+
+Rows of one contiguous float32 matrix (L2-normalised embeddings), an id -> row map, titles,
+a deleted mask and log-popularity. Deleted items keep their row (ids stay stable) but are
+excluded from every ranking. Pure numpy; the Flink ranker mirrors it in broadcast state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+
+class CatalogIndex:
+    def __init__(self, dim: Optional[int] = None, capacity: int = 1024):
+        self.dim = dim
+        self._capacity = capacity
+        self.matrix = np.zeros((0, dim or 0), dtype=np.float32)
+        self.ids: list[str] = []
+        self.titles: list[str] = []
+        self.row: dict[str, int] = {}
+        self.deleted = np.zeros(0, dtype=bool)
+        self.log_pop = np.full(0, -math.inf)
+        self._early_pop: dict[str, float] = {}  # popularity of items not embedded yet
+        self._n = 0
+
+    def __len__(self) -> int:
+        """Number of live (not deleted) items."""
+        return self._n - int(self.deleted[: self._n].sum())
+
+    @property
+    def size(self) -> int:
+        """Number of rows, deleted included."""
+        return self._n
+
+    def _grow(self, need: int) -> None:
+        cap = max(self._capacity, 1)
+        while cap < need:
+            cap *= 2
+        if cap == self.matrix.shape[0]:
+            return
+        mat = np.zeros((cap, self.dim), dtype=np.float32)
+        mat[: self._n] = self.matrix[: self._n]
+        self.matrix = mat
+        self.deleted = np.concatenate([self.deleted[: self._n], np.zeros(cap - self._n, bool)])
+        self.log_pop = np.concatenate([self.log_pop[: self._n],
+                                       np.full(cap - self._n, -math.inf)])
+        self._capacity = cap
+
+    def upsert(self, item_id: str, title: str, vector: np.ndarray) -> int:
+        """Insert or replace an item's embedding; returns its row."""
+        vec = np.asarray(vector, dtype=np.float32)
+        if self.dim is None or self._n == 0:
+            if self.dim != vec.shape[0]:
+                self.dim = int(vec.shape[0])
+                self.matrix = np.zeros((0, self.dim), dtype=np.float32)
+        if vec.shape != (self.dim,):
+            raise ValueError(f"item {item_id}: vector has shape {vec.shape}, catalog dim "
+                             f"is {self.dim}")
+        norm = float(np.linalg.norm(vec))
+        if norm > 0:
+            vec = vec / norm
+        r = self.row.get(item_id)
+        if r is None:
+            if self._n >= self.matrix.shape[0]:
+                self._grow(self._n + 1)
+            r = self._n
+            self._n += 1
+            self.row[item_id] = r
+            self.ids.append(item_id)
+            self.titles.append(title)
+            if item_id in self._early_pop:
+                self.log_pop[r] = self._early_pop.pop(item_id)
+        else:
+            self.titles[r] = title
+        self.matrix[r] = vec
+        self.deleted[r] = False
+        return r
+
+    def delete(self, item_id: str) -> bool:
+        r = self.row.get(item_id)
+        if r is None:
+            return False
+        self.deleted[r] = True
+        return True
+
+    def set_popularity(self, item_id: str, log_pop: float) -> None:
+        r = self.row.get(item_id)
+        if r is None:
+            self._early_pop[item_id] = log_pop
+        else:
+            self.log_pop[r] = log_pop
+
+    def vector(self, item_id: str) -> Optional[np.ndarray]:
+        """The item's normalised embedding, or None when unknown or deleted."""
+        r = self.row.get(item_id)
+        if r is None or self.deleted[r]:
+            return None
+        return self.matrix[r]
+
+    def live_matrix(self) -> np.ndarray:
+        """View of the filled rows (deleted rows included; mask them with ``deleted``)."""
+        return self.matrix[: self._n]
+
+    def exclusion_mask(self, seen_ids) -> np.ndarray:
+        mask = self.deleted[: self._n].copy()
+        for item_id in seen_ids:
+            r = self.row.get(item_id)
+            if r is not None:
+                mask[r] = True
+        return mask
+
+    def popularity(self) -> np.ndarray:
+        return self.log_pop[: self._n]

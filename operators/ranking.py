@@ -1,0 +1,101 @@
+"""Ranking v1: event weights, time-decayed user-interest update, cosine scoring, top-k.
+
+Pure numpy. The Flink ranker and any offline evaluation call exactly these functions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+import numpy as np
+
+MS_PER_HOUR = 3_600_000.0
+
+
+def event_weight(event_type: str, value: Optional[float], weights: Mapping[str, float],
+                 rating_neutral: float = 3.0, rating_scale: float = 2.0) -> float:
+    """Signed strength of one interaction.
+
+    Typed events take their configured weight (view < click < like < purchase; skip and
+    dislike negative). A rating maps by value: ``(value - neutral) / scale`` clipped to [-1, 1].
+    An explicit ``value`` on a non-rating event scales its weight (e.g. a purchase quantity).
+    """
+    if event_type == "rating":
+        if value is None:
+            return 0.0
+        return float(np.clip((value - rating_neutral) / rating_scale, -1.0, 1.0))
+    base = float(weights.get(event_type, 0.0))
+    if value is not None and value > 0 and event_type not in ("skip", "dislike"):
+        base *= min(float(value), 10.0)
+    return base
+
+
+def decay_factor(dt_ms: float, half_life_ms: float) -> float:
+    """Multiplier for state that is ``dt_ms`` old with the given half-life (1 when dt <= 0)."""
+    if dt_ms <= 0 or half_life_ms <= 0 or not math.isfinite(half_life_ms):
+        return 1.0
+    return 0.5 ** (dt_ms / half_life_ms)
+
+
+def update_interest(user_vec: np.ndarray, item_vec: np.ndarray, weight: float, dt_ms: float,
+                    alpha: float, half_life_ms: float) -> np.ndarray:
+    """One step of the user-interest update.
+
+    The old interest first fades with the time since the user's previous event, then moves
+    towards the item (``weight`` > 0) or away from it (``weight`` < 0)::
+
+        u' = decay(dt) * u
+        u  = u' + alpha * weight * (e_item - u')
+
+    Vectors are float32; the result is a new array.
+    """
+    u = user_vec.astype(np.float32, copy=True)
+    u *= np.float32(decay_factor(dt_ms, half_life_ms))
+    step = np.float32(alpha * weight)
+    u += step * (item_vec.astype(np.float32, copy=False) - u)
+    return u
+
+
+def cosine_scores(user_vec: np.ndarray, item_matrix: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the user vector with each row of an L2-normalised item matrix."""
+    norm = float(np.linalg.norm(user_vec))
+    if norm == 0.0 or item_matrix.shape[0] == 0:
+        return np.zeros(item_matrix.shape[0], dtype=np.float32)
+    return item_matrix @ (user_vec / norm).astype(np.float32)
+
+
+def top_k(scores: np.ndarray, k: int, exclude: Optional[np.ndarray] = None) -> np.ndarray:
+    """Indices of the ``k`` highest scores, best first, skipping ``exclude`` (bool mask or
+    index array). Ties keep the lower index first. Fewer than ``k`` when too few remain."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if exclude is not None and len(exclude):
+        scores = scores.copy()
+        scores[exclude] = -np.inf
+    valid = np.count_nonzero(np.isfinite(scores))
+    k = min(k, valid)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k < scores.shape[0]:
+        part = np.argpartition(-scores, k - 1)[:k]
+    else:
+        part = np.arange(scores.shape[0])
+    # Stable order: by score descending, then index ascending.
+    order = np.lexsort((part, -scores[part]))
+    return part[order][:k]
+
+
+def popularity_update(log_pop: float, weight: float, ts_ms: int, half_life_ms: float) -> float:
+    """Add a positive interaction to an item's decayed popularity, kept in log space.
+
+    The popularity of an item at time t is ``sum_i w_i * 2^-((t - t_i) / h)``. Storing
+    ``log(sum_i w_i * 2^(t_i / h))`` makes values of different items comparable at any t
+    without rescaling them all, and cannot overflow. ``-inf`` means no interaction yet.
+    """
+    if weight <= 0:
+        return log_pop
+    term = math.log(weight) + ts_ms * math.log(2.0) / half_life_ms
+    if log_pop == -math.inf:
+        return term
+    hi, lo = max(log_pop, term), min(log_pop, term)
+    return hi + math.log1p(math.exp(lo - hi))

@@ -1,0 +1,148 @@
+"""``streamrank demo``: the whole product end to end on this machine.
+
+Starts the local Kafka broker, creates fresh topics, embeds the catalog (cached), starts the
+job in a local Flink MiniCluster, replays a MovieLens-layout dataset (items, then events in
+time order), shows live rankings with titles, then stops everything and prints one line:
+``demo: events=N rankings=M dlq=D p50_ms=x p99_ms=y``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from streamrank.config import Settings
+from streamrank.kafka_local import LocalBroker, create_topics
+from streamrank.replay import make_producer, produce, read_events, read_items
+from streamrank.watch import JobProcess, RankingsReader, TopicReader, wait_for_catalog
+
+log = logging.getLogger(__name__)
+
+RUN_DIR = Path(".run/demo")
+
+
+def _say(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"\033[1m[demo]\033[0m {msg}")
+
+
+def format_ranking(rec: dict, titles: dict[str, str], n: int = 5) -> str:
+    lines = [f"  user {rec['user_id']} after event {rec.get('event_id')} "
+             f"(catalog {rec.get('catalog_size')} items):"]
+    for i, it in enumerate(rec["items"][:n], 1):
+        title = titles.get(it["item_id"], it["item_id"])
+        lines.append(f"    {i:2d}. {title:<55.55s} {it['score']:.3f}  {it.get('reason', '')}")
+    return "\n".join(lines)
+
+
+def run_demo(settings: Settings, data_dir: str, limit: Optional[int] = None,
+             rate: Optional[float] = None, keep_kafka: bool = False) -> dict:
+    from streamrank.runtime import prepare_process_environment
+    from udfs.warmup import warm_cache
+
+    prepare_process_environment()
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    settings = settings.replace(**{
+        "kafka.group_id": f"streamrank-demo-{stamp}",
+        "flink.checkpoint_dir": str(RUN_DIR / "checkpoints" / stamp),
+    })
+    items = read_items(data_dir)
+    events = read_events(data_dir, limit=limit, id_prefix=f"demo{stamp}")
+    titles = {it["item_id"]: it["title"] for it in items}
+    _say(f"dataset {data_dir}: {len(items)} items, {len(events)} events")
+
+    broker = LocalBroker(settings.local_kafka)
+    started_broker = broker.pid() is None
+    _say(f"starting local Kafka on {broker.bootstrap}" if started_broker
+         else f"using the running local Kafka on {broker.bootstrap}")
+    broker.up()
+    job = rankings = dlq = producer = None
+    try:
+        create_topics(settings.kafka, recreate=True)
+        stats = warm_cache(items, settings.model)
+        _say(f"embedding cache: {stats['cached']} cached, {stats['embedded']} embedded now"
+             + (f" ({stats['texts_per_s']} texts/s)" if stats["embedded"] else ""))
+
+        _say(f"starting the Flink job (MiniCluster), log in {RUN_DIR / 'job.log'}")
+        job = JobProcess(settings, RUN_DIR / "job.log").start()
+        bootstrap = settings.kafka.bootstrap_servers
+        rankings = RankingsReader(bootstrap, settings.kafka.topics.rankings)
+        dlq = TopicReader(bootstrap, settings.kafka.topics.events_dlq)
+        producer = make_producer(bootstrap)
+
+        produce(producer, settings.kafka.topics.items, items, "item_id", desc="items")
+        t0 = time.monotonic()
+        size = wait_for_catalog(producer, settings, rankings, items[-1]["item_id"], len(items),
+                                job=job)
+        _say(f"job ready: catalog of {size} items in the ranker after "
+             f"{time.monotonic() - t0:.1f}s")
+
+        produced: dict[str, int] = {}
+        stop_showing = threading.Event()
+
+        def show_live() -> None:
+            shown = set()
+            while not stop_showing.wait(4.0):
+                recs = [r for r in list(rankings.latest.values())
+                        if r["user_id"] not in shown and len(r["items"]) >= 3]
+                if recs:
+                    rec = max(recs, key=lambda r: r["emitted_ts"])
+                    shown.add(rec["user_id"])
+                    _say("live ranking\n" + format_ranking(rec, titles))
+
+        shower = threading.Thread(target=show_live, daemon=True)
+        shower.start()
+        t_replay = time.monotonic()
+        n = produce(producer, settings.kafka.topics.events, events, "user_id", rate=rate,
+                    desc="events", on_sent=lambda rec, ms: produced.__setitem__(rec["event_id"], ms))
+        replay_s = time.monotonic() - t_replay
+
+        prefix = f"demo{stamp}-"
+        deadline = time.monotonic() + 120 + n / 500
+        while rankings.seen_events(prefix) < n and time.monotonic() < deadline:
+            job.check()
+            time.sleep(0.2)
+        done_s = time.monotonic() - t_replay
+        time.sleep(1.0)  # let stragglers (duplicates, DLQ) arrive before counting
+        stop_showing.set()
+
+        latencies = []
+        n_rankings = 0
+        for event_id, received in list(rankings.by_event.items()):
+            if event_id.startswith(prefix):
+                n_rankings += len(received)
+                latencies.append(received[0] - produced[event_id])
+        lat = np.array(latencies, dtype=np.float64)
+        p50 = float(np.percentile(lat, 50)) if lat.size else float("nan")
+        p99 = float(np.percentile(lat, 99)) if lat.size else float("nan")
+
+        sample_users = list(dict.fromkeys(e["user_id"] for e in reversed(events)))[:3]
+        _say("final rankings of the last active users\n" + "\n".join(
+            format_ranking(rankings.latest[u], titles) for u in sample_users
+            if u in rankings.latest))
+        result = {"events": n, "rankings": n_rankings, "dlq": dlq.count(),
+                  "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
+                  "replay_s": round(replay_s, 1),
+                  "rankings_per_s": round(n_rankings / done_s, 1) if done_s else None}
+        _say(json.dumps(result))
+        return result
+    finally:
+        for closer in (rankings, dlq):
+            if closer is not None:
+                closer.close()
+        if producer is not None:
+            producer.close()
+        if job is not None:
+            _say("stopping the job")
+            job.stop()
+        if started_broker and not keep_kafka:
+            _say("stopping local Kafka")
+            broker.down()

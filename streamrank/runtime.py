@@ -1,0 +1,92 @@
+"""Where things are on disk, and the Flink configuration derived from the settings."""
+
+from __future__ import annotations
+
+import os
+import site
+import sys
+import sysconfig
+from pathlib import Path
+
+from streamrank.config import REPO_ROOT, Settings
+
+JARS_DIR = Path(os.environ.get("STREAMRANK_JARS_DIR", REPO_ROOT / ".jars"))
+CONNECTOR_GLOB = "flink-sql-connector-kafka-*.jar"
+
+
+class SetupError(RuntimeError):
+    """Something streamrank needs is not installed; the message says how to fix it."""
+
+
+def connector_jar() -> Path:
+    jars = sorted((JARS_DIR / "flink").glob(CONNECTOR_GLOB))
+    if not jars:
+        raise SetupError(f"Flink Kafka connector jar not found under {JARS_DIR / 'flink'}; "
+                         "run `make install` (or scripts/install.sh)")
+    return jars[-1]
+
+
+def kafka_classpath() -> str:
+    kdir = JARS_DIR / "kafka"
+    if not any(kdir.glob("kafka_2.13-*.jar")):
+        raise SetupError(f"Kafka broker jars not found under {kdir}; run `make install`")
+    return str(kdir / "*")
+
+
+def python_path_for_workers() -> str:
+    """PYTHONPATH that lets Flink's Python workers import this environment's packages and
+    streamrank's own modules.
+
+    In thread mode the Python interpreter is embedded in the JVM (PEMJA) and starts from the
+    base installation, not the virtualenv (FLINK-38585), so the venv's site-packages and the
+    repository must be on PYTHONPATH when the JVM starts.
+    """
+    paths = [str(REPO_ROOT)]
+    paths += [p for p in site.getsitepackages() if os.path.isdir(p)]
+    purelib = sysconfig.get_paths()["purelib"]
+    if purelib not in paths:
+        paths.append(purelib)
+    existing = os.environ.get("PYTHONPATH")
+    if existing:
+        paths.append(existing)
+    return os.pathsep.join(dict.fromkeys(paths))
+
+
+def prepare_process_environment() -> None:
+    """Call before the first PyFlink call of a process that starts a MiniCluster/gateway."""
+    os.environ["PYTHONPATH"] = python_path_for_workers()
+    # Workers must never try to reach a model hub: the bundled model is local.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _uri(path: str) -> str:
+    if "://" in path:
+        return path
+    return Path(path).resolve().as_uri()
+
+
+def flink_configuration(settings: Settings) -> dict[str, str]:
+    """Flink configuration keys for the job, from ``settings.flink``."""
+    f = settings.flink
+    if f.python_execution_mode not in ("thread", "process"):
+        raise ValueError(f"flink.python_execution_mode must be thread or process, "
+                         f"got {f.python_execution_mode!r}")
+    conf = {
+        "python.execution-mode": f.python_execution_mode,
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        "python.fn-execution.bundle.size": str(f.python_bundle_size),
+        "python.fn-execution.bundle.time": str(f.python_bundle_time_ms),
+        "pipeline.jars": connector_jar().as_uri(),
+        "parallelism.default": str(f.parallelism),
+        "state.backend.type": f.state_backend,
+        "execution.checkpointing.dir": _uri(f.checkpoint_dir),
+        "execution.checkpointing.incremental": "true" if f.state_backend == "rocksdb" else "false",
+        "execution.checkpointing.interval": f"{f.checkpoint_interval_ms} ms",
+        "execution.buffer-timeout.interval": f"{f.buffer_timeout_ms} ms",
+        "pipeline.name": "streamrank",
+    }
+    conf.update({str(k): str(v) for k, v in dict(f.extra).items()})
+    return conf

@@ -1,0 +1,181 @@
+"""Client-side helpers around a running job: start it as a process, watch its rankings.
+
+Used by ``streamrank demo`` and by the integration tests, so both exercise the job exactly as
+a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from streamrank.config import REPO_ROOT, Settings, to_dict
+
+PROBE_USER = "__streamrank_probe__"
+
+
+class JobProcess:
+    """The streamrank job in its own process (a local MiniCluster), logging to a file."""
+
+    def __init__(self, settings: Settings, log_path: str | os.PathLike):
+        self.settings = settings
+        self.log_path = Path(log_path)
+        self.proc: Optional[subprocess.Popen] = None
+        self._conf_file: Optional[str] = None
+
+    def start(self) -> "JobProcess":
+        fd, self._conf_file = tempfile.mkstemp(prefix="streamrank-", suffix=".yaml")
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(to_dict(self.settings), f)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.ranking_job", "--config", self._conf_file],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the job exited with code {self.proc.returncode}; last log "
+                               f"lines of {self.log_path}:\n{self.tail()}")
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._conf_file:
+            Path(self._conf_file).unlink(missing_ok=True)
+            self._conf_file = None
+
+
+class TopicReader:
+    """Reads a topic from the beginning in a background thread and keeps what it saw."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        from kafka import KafkaConsumer
+
+        self.topic = topic
+        self._consumer = KafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False, group_id=None, fetch_max_wait_ms=20,
+            isolation_level="read_committed")
+        self.records: list[tuple[Optional[bytes], Optional[bytes], int]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"read-{topic}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._consumer.poll(timeout_ms=50)
+            now = int(time.time() * 1000)
+            for msgs in batch.values():
+                for m in msgs:
+                    self._on_record(m.key, m.value, now)
+
+    def _on_record(self, key, value, received_ms: int) -> None:
+        with self._lock:
+            self.records.append((key, value, received_ms))
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.records)
+
+    def values(self) -> list[dict]:
+        with self._lock:
+            return [json.loads(v) for _, v, _ in self.records if v is not None]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+class RankingsReader(TopicReader):
+    """A TopicReader for ``rankings`` that indexes by user and by event id."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.latest: dict[str, dict] = {}
+        self.by_event: dict[str, list[int]] = defaultdict(list)  # event_id -> receive times
+        self.tombstones: list[str] = []
+        super().__init__(bootstrap, topic)
+
+    def _on_record(self, key, value, received_ms: int) -> None:
+        with self._lock:
+            self.records.append((key, value, received_ms))
+            if value is None:
+                self.tombstones.append(key.decode() if key else "")
+                return
+            rec = json.loads(value)
+            self.latest[rec["user_id"]] = rec
+            if rec.get("event_id"):
+                self.by_event[rec["event_id"]].append(received_ms)
+
+    def ranking(self, user_id: str) -> Optional[dict]:
+        with self._lock:
+            return self.latest.get(user_id)
+
+    def seen_events(self, prefix: str = "") -> int:
+        with self._lock:
+            return sum(1 for e in self.by_event if e.startswith(prefix))
+
+
+def wait_for_catalog(producer, settings: Settings, rankings: RankingsReader, item_id: str,
+                     n_items: int, job: Optional[JobProcess] = None,
+                     timeout_s: float = 300.0) -> int:
+    """Block until the running job's ranker knows ``n_items`` catalog items.
+
+    Sends a ``skip`` event of a probe user every second and reads ``catalog_size`` from the
+    probe's rankings; then erases the probe user with ``forget_user``. Returns the catalog size.
+    """
+    topic = settings.kafka.topics.events
+    deadline = time.monotonic() + timeout_s
+    n = 0
+    size = -1
+    while time.monotonic() < deadline:
+        if job is not None:
+            job.check()
+        n += 1
+        ev = {"event_id": f"probe-{n}", "user_id": PROBE_USER, "item_id": item_id,
+              "type": "skip", "ts": int(time.time() * 1000)}
+        producer.send(topic, key=PROBE_USER.encode(), value=json.dumps(ev).encode())
+        producer.flush()
+        t_end = time.monotonic() + 1.0
+        while time.monotonic() < t_end:
+            rec = rankings.ranking(PROBE_USER)
+            if rec is not None:
+                size = rec.get("catalog_size", -1)
+                if size >= n_items:
+                    forget = {"type": "forget_user", "user_id": PROBE_USER}
+                    producer.send(topic, key=PROBE_USER.encode(),
+                                  value=json.dumps(forget).encode())
+                    producer.flush()
+                    return size
+            time.sleep(0.05)
+    raise TimeoutError(f"the job's catalog has {size} of {n_items} items after {timeout_s:.0f}s")

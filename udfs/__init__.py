@@ -1,0 +1,1 @@
+"""The embedding UDF (transformers + torch) and its persistent cache (rocksdict)."""

