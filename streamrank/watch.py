@@ -31,6 +31,9 @@ class JobProcess:
     def __init__(self, settings: Settings, log_path: str | os.PathLike):
         self.settings = settings
         self.log_path = Path(log_path)
+        # Flink's own log (JobManager/TaskManager, and the Python operators' logging in
+        # thread mode) goes next to the job's stdout log.
+        self.flink_log_dir = self.log_path.parent / (self.log_path.stem + "-flink")
         self.proc: Optional[subprocess.Popen] = None
         self._conf_file: Optional[str] = None
 
@@ -39,13 +42,19 @@ class JobProcess:
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(to_dict(self.settings), f)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.flink_log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
+        env = dict(os.environ, FLINK_LOG_DIR=str(self.flink_log_dir.resolve()))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobs.ranking_job", "--config", self._conf_file],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True, env=env)
         log.close()
         return self
+
+    def flink_log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")
+                         for p in sorted(self.flink_log_dir.glob("*.log")))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

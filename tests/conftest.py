@@ -1,0 +1,48 @@
+"""Shared fixtures: a real local Kafka broker (started by the suite itself, never skipped) and
+throwaway, uuid-named topics."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+
+from streamrank.config import Settings, load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory) -> str:
+    from streamrank.config import LocalKafkaSettings
+    from streamrank.kafka_local import LocalBroker
+
+    broker = LocalBroker(LocalKafkaSettings(
+        port=free_port(), controller_port=free_port(),
+        data_dir=str(tmp_path_factory.mktemp("kafka"))))
+    broker.up(wait_s=90)
+    yield broker.bootstrap
+    broker.down()
+
+
+def isolated_settings(bootstrap: str, tmp_path, **overrides) -> Settings:
+    """Settings whose topics, consumer group, cache and checkpoints belong to one test."""
+    tag = uuid.uuid4().hex[:8]
+    base = {
+        "kafka.bootstrap_servers": bootstrap,
+        "kafka.group_id": f"streamrank-test-{tag}",
+        "kafka.transactional_id_prefix": f"streamrank-test-{tag}",
+        "model.cache_dir": str(tmp_path / "embedding-cache"),
+        "model.device": "cpu",
+        "flink.checkpoint_dir": str(tmp_path / "checkpoints"),
+        "flink.checkpoint_interval_ms": 2000,
+    }
+    for role in ("items", "events", "rankings", "events_dlq", "items_dlq"):
+        base[f"kafka.topics.{role}"] = f"{role.replace('_', '-')}-{tag}"
+    base.update(overrides)
+    return load_settings(overrides=base, environ={})

@@ -1,0 +1,62 @@
+import csv
+
+import pytest
+
+from streamrank.config import ConfigError, load_settings, parse_set_args
+from streamrank.replay import read_events, read_items
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_file_env_and_set_overrides(tmp_path):
+    s = load_settings(environ={})
+    assert s.ranking.k == 10 and s.kafka.topics.events == "events"
+    f = tmp_path / "my.yaml"
+    f.write_text("ranking:\n  k: 7\nkafka:\n  topics:\n    rankings: out\n")
+    s = load_settings(f, overrides=parse_set_args(["ranking.alpha=0.5"]),
+                      environ={"STREAMRANK_KAFKA__BOOTSTRAP_SERVERS": "b:1",
+                               "STREAMRANK_RANKING__K": "12"})
+    assert s.ranking.k == 12  # env beats file
+    assert s.ranking.alpha == 0.5 and s.kafka.topics.rankings == "out"
+    assert s.kafka.bootstrap_servers == "b:1" and s.kafka.topics.items == "items"
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_settings(overrides={"ranking.kk": 1}, environ={})
+    with pytest.raises(ConfigError, match="ranking.k"):
+        load_settings(overrides={"ranking.k": "ten"}, environ={})
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_set_args(["oops"])
+
+
+def write_movielens(d, movies, ratings, tags=()):
+    with open(d / "movies.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["movieId", "title", "genres"])
+        w.writerows(movies)
+    with open(d / "ratings.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["userId", "movieId", "rating", "timestamp"])
+        w.writerows(ratings)
+    with open(d / "tags.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["userId", "movieId", "tag", "timestamp"])
+        w.writerows(tags)
+
+
+def test_movielens_layout_to_items_and_time_ordered_events(tmp_path):
+    write_movielens(tmp_path,
+                    [(1, "Toy Story (1995)", "Animation|Children"), (2, "Odd", "(no genres listed)")],
+                    [(1, 2, 4.0, 300), (2, 1, 5.0, 100), (1, 1, 2.5, 200)],
+                    [(1, 1, "pixar", 1), (2, 1, "Pixar", 2), (2, 1, "fun", 3)])
+    items = read_items(tmp_path, now_ms=5)
+    assert items[0] == {"item_id": "1", "title": "Toy Story (1995)",
+                        "categories": ["Animation", "Children"], "ts": 5,
+                        "description": "Tags: pixar, fun."}
+    assert items[1]["categories"] == [] and "description" not in items[1]
+    events = read_events(tmp_path, id_prefix="t")
+    assert [e["ts"] for e in events] == [100_000, 200_000, 300_000]
+    assert events[0] == {"event_id": "t-1", "user_id": "2", "item_id": "1", "type": "rating",
+                         "value": 5.0, "ts": 100_000}
+    assert len(read_events(tmp_path, limit=2)) == 2

@@ -1,0 +1,63 @@
+"""The embedding UDF with the real bundled model (all-MiniLM-L6-v2) and a real rocksdict."""
+
+import numpy as np
+import pytest
+
+from streamrank.config import ModelSettings
+from udfs.embedding import BUNDLED_MODEL_ID, CachedEmbedder, cache_key, resolve_model
+from udfs.warmup import warm_cache
+
+pytestmark = pytest.mark.model
+
+TEXTS = [
+    "A haunted house horror film full of ghosts and terror.",
+    "A terrifying horror movie about a demon possessing a child.",
+    "A light romantic comedy about two friends falling in love in Paris.",
+]
+
+
+def test_bundled_model_embeds_meaningfully(tmp_path):
+    assert resolve_model("bundled")[0] == BUNDLED_MODEL_ID
+    emb = CachedEmbedder(cache_dir=tmp_path / "c", device="cpu")
+    try:
+        v = emb.embed(TEXTS)
+    finally:
+        emb.close()
+    assert v.shape == (3, 384) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.1  # two horror texts are closer than horror/romance
+
+
+def test_second_catalog_load_embeds_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    first = CachedEmbedder(cache_dir=cache, device="cpu")
+    try:
+        v1 = first.embed(TEXTS + TEXTS[:1])  # a repeated text is embedded once
+        assert (first.stats.misses, first.stats.hits) == (3, 0)
+    finally:
+        first.close()
+    # A new embedder (as after a restart) finds everything in the persistent cache and never
+    # loads the model.
+    second = CachedEmbedder(cache_dir=cache, device="cpu")
+    try:
+        v2 = second.embed(TEXTS)
+        assert (second.stats.misses, second.stats.hits) == (0, 3)
+        assert second._embedder is None
+    finally:
+        second.close()
+    np.testing.assert_array_equal(v1[:3], v2)
+
+
+def test_cache_is_keyed_by_model_and_text():
+    assert cache_key("m1", "text") != cache_key("m2", "text")
+    assert cache_key("m1", "text") != cache_key("m1", "text ")
+
+
+def test_warm_cache_reports_and_skips_cached_items(tmp_path):
+    model = ModelSettings(cache_dir=str(tmp_path / "c"), device="cpu")
+    items = [{"item_id": str(i), "title": t, "ts": 0} for i, t in enumerate(TEXTS)]
+    items.append({"item_id": "bad"})  # invalid records are skipped, not fatal
+    first = warm_cache(items, model, progress=False)
+    assert (first["items"], first["embedded"], first["cached"]) == (3, 3, 0)
+    second = warm_cache(items, model, progress=False)
+    assert (second["embedded"], second["cached"]) == (0, 3)

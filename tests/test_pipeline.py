@@ -1,0 +1,166 @@
+"""The job end to end: a real local Kafka broker, the job in a real Flink MiniCluster (its own
+process, exactly as `streamrank run` starts it), the real embedding model."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+
+from streamrank.kafka_local import create_topics
+from streamrank.replay import make_producer, produce
+from streamrank.watch import JobProcess, RankingsReader, TopicReader, wait_for_catalog
+from tests.conftest import isolated_settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.model]
+
+# A small synthetic catalog of four clearly separated genres.
+GENRES = {
+    "Horror": ("haunted", "ghost", "demon", "slasher", "zombie", "curse", "nightmare", "crypt",
+               "possessed", "vampire", "asylum", "witch", "blood", "graveyard", "poltergeist"),
+    "Romance": ("wedding", "love letter", "first kiss", "honeymoon", "sweetheart", "valentine",
+                "proposal", "soulmate", "romantic getaway", "courtship", "heartbreak",
+                "love story", "bride", "date night", "summer romance"),
+    "Western": ("sheriff", "outlaw", "cattle drive", "saloon", "gunslinger", "frontier town",
+                "stagecoach", "bounty hunter", "ranch", "desert showdown", "wild west",
+                "cowboy", "train robbery", "gold rush", "posse"),
+    "Animation": ("talking animals", "cartoon", "toy", "princess", "puppy", "dragon friend",
+                  "magic kingdom", "little robot", "bunny", "fairy", "penguin", "kitten",
+                  "dinosaur pal", "underwater friends", "teddy bear"),
+}
+
+
+def catalog() -> list[dict]:
+    items = []
+    for genre, words in GENRES.items():
+        for i, w in enumerate(words):
+            items.append({"item_id": f"{genre[:3].lower()}{i}", "title": f"The {w.title()}",
+                          "categories": [genre], "description": f"Tags: {genre.lower()}, {w}.",
+                          "ts": int(time.time() * 1000)})
+    return items
+
+
+def event(eid, user, item, etype="like", **kw):
+    return {"event_id": eid, "user_id": user, "item_id": item, "type": etype,
+            "ts": int(time.time() * 1000), **kw}
+
+
+@pytest.fixture(scope="module")
+def job(kafka_bootstrap, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("job")
+    settings = isolated_settings(kafka_bootstrap, tmp)
+    create_topics(settings.kafka)
+    proc = JobProcess(settings, tmp / "job.log").start()
+    rankings = RankingsReader(kafka_bootstrap, settings.kafka.topics.rankings)
+    dlq = TopicReader(kafka_bootstrap, settings.kafka.topics.events_dlq)
+    producer = make_producer(kafka_bootstrap)
+    items = catalog()
+    try:
+        produce(producer, settings.kafka.topics.items, items, "item_id", progress=False)
+        wait_for_catalog(producer, settings, rankings, items[-1]["item_id"], len(items),
+                         job=proc, timeout_s=240)
+        yield settings, proc, producer, rankings, dlq
+    finally:
+        producer.close()
+        rankings.close()
+        dlq.close()
+        proc.stop()
+
+
+def send(producer, settings, events):
+    produce(producer, settings.kafka.topics.events, events, "user_id", progress=False)
+
+
+def wait_for(predicate, proc, timeout_s=60.0, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        proc.check()
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; job log:\n{proc.tail()}")
+
+
+def test_runs_in_thread_mode(job):
+    _, proc, *_ = job
+    log = wait_for(lambda: "rank-users" in proc.flink_log() and proc.flink_log(), proc,
+                   what="operator log")
+    assert "running in python thread mode" in log
+    assert "running in python process mode" not in log
+
+
+def test_one_genre_history_gives_a_top_k_of_that_genre(job):
+    settings, proc, producer, rankings, _ = job
+    liked = [f"hor{i}" for i in range(5)]
+    send(producer, settings, [event(f"g-{i}", "fan", it) for i, it in enumerate(liked)])
+    rec = wait_for(lambda: (r := rankings.ranking("fan")) and r["event_id"] == "g-4" and r,
+                   proc, what="ranking after the last event")
+    ids = [it["item_id"] for it in rec["items"]]
+    assert len(ids) == settings.ranking.k
+    assert not set(ids) & set(liked), "seen items must be excluded"
+    horror = sum(i.startswith("hor") for i in ids)
+    assert horror >= 8, f"top-10 should be dominated by Horror, got {ids}"
+    assert rec["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert rec["k"] == settings.ranking.k and rec["event_ts"] <= rec["emitted_ts"]
+    # Every event produced exactly one ranking.
+    assert all(len(rankings.by_event[f"g-{i}"]) == 1 for i in range(5))
+
+
+def test_malformed_event_goes_to_dlq_and_the_next_good_event_is_ranked(job):
+    settings, proc, producer, rankings, dlq = job
+    topic = settings.kafka.topics.events
+    producer.send(topic, key=b"bad", value=b'{"user_id": "bad", "type": "click"')
+    producer.send(topic, key=b"bad", value=b"\xff\xfe not utf-8")
+    producer.send(topic, key=b"bad", value=json.dumps(event("x", "bad", "hor1", "teleport"))
+                  .encode())
+    send(producer, settings, [event("after-bad", "good-user", "rom3", "click")])
+    wait_for(lambda: rankings.by_event.get("after-bad"), proc, what="ranking of the good event")
+    records = wait_for(lambda: len(dlq.values()) >= 3 and dlq.values(), proc, what="3 DLQ records")
+    by_reason = {r["reason"]: r for r in records}
+    assert set(by_reason) >= {"not_json", "invalid_utf8", "unknown_type"}
+    assert by_reason["not_json"]["raw"] == '{"user_id": "bad", "type": "click"'
+    assert base64.b64decode(by_reason["invalid_utf8"]["raw"]) == b"\xff\xfe not utf-8"
+    for r in records:
+        assert r["topic"] == topic and r["offset"] >= 0 and r["partition"] == 0
+    assert proc.alive()
+
+
+def test_new_user_gets_popular_items_and_unknown_items_are_kept(job):
+    settings, proc, producer, rankings, _ = job
+    # Make one western clearly popular, then rank a brand-new user (no usable history: the
+    # item they touched is not in the catalog yet).
+    send(producer, settings, [event(f"p-{i}", f"crowd{i}", "wes7", "purchase") for i in range(3)])
+    wait_for(lambda: rankings.by_event.get("p-2"), proc, what="crowd rankings")
+    send(producer, settings, [event("n-1", "newbie", "not-yet-in-catalog", "like")])
+    rec = wait_for(lambda: (r := rankings.ranking("newbie")) and r, proc, what="newbie ranking")
+    assert rec["items"][0]["item_id"] == "wes7"
+    assert rec["items"][0]["reason"] == "popular now"
+    # The item arrives later; the kept event counts at the user's next event.
+    produce(producer, settings.kafka.topics.items,
+            [{"item_id": "not-yet-in-catalog", "title": "Haunted Ghost Crypt Of Demons",
+              "categories": ["Horror"], "description": "Tags: horror, ghost.", "ts": 1}],
+            "item_id", progress=False)
+    time.sleep(3)
+    send(producer, settings, [event("n-2", "newbie", "hor9", "view")])
+    rec = wait_for(lambda: (r := rankings.ranking("newbie")) and r["event_id"] == "n-2" and r,
+                   proc, what="newbie's second ranking")
+    assert rec["items"][0]["reason"] == "matches your interests"
+    assert sum(it["item_id"].startswith("hor") for it in rec["items"]) >= 6
+
+
+def test_forget_user_writes_a_tombstone(job):
+    settings, proc, producer, rankings, _ = job
+    send(producer, settings, [event("f-1", "leaver", "ani2")])
+    wait_for(lambda: rankings.by_event.get("f-1"), proc, what="leaver ranking")
+    producer.send(settings.kafka.topics.events, key=b"leaver",
+                  value=json.dumps({"type": "forget_user", "user_id": "leaver"}).encode())
+    producer.flush()
+    wait_for(lambda: "leaver" in rankings.tombstones, proc, what="tombstone")
+    # Afterwards the user starts from scratch: no history, popularity fallback.
+    send(producer, settings, [event("f-2", "leaver", "missing-item", "view")])
+    rec = wait_for(lambda: rankings.by_event.get("f-2") and rankings.ranking("leaver"), proc,
+                   what="ranking after forget")
+    assert rec["items"][0]["reason"] == "popular now"
