@@ -3,6 +3,7 @@
 #   make test   the whole test suite (unit + real Kafka broker + real Flink MiniCluster)
 DATA ?= ../shared/data/ml-latest-small
 DEMO_LIMIT ?=
+DEMO_RATE ?=
 PYTEST_ARGS ?=
 SR := .venv/bin/streamrank
 
@@ -12,7 +13,7 @@ install:
 	@scripts/install.sh
 
 demo: install
-	@$(SR) demo --data "$(DATA)" $(if $(DEMO_LIMIT),--limit $(DEMO_LIMIT),)
+	@$(SR) demo --data "$(DATA)" $(if $(DEMO_LIMIT),--limit $(DEMO_LIMIT),) $(if $(DEMO_RATE),--rate $(DEMO_RATE),)
 
 test: install
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

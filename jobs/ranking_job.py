@@ -57,6 +57,7 @@ def create_environment(settings: Settings) -> tuple[StreamExecutionEnvironment,
         conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.flink.parallelism)
+    env.set_buffer_timeout(settings.flink.buffer_timeout_ms)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms)
     return env, StreamTableEnvironment.create(env)
 
@@ -85,9 +86,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         .name("parse-events").uid("parse-events")
     )
     popularity = (
-        events.filter(lambda ev: ev["type"] != "forget_user")
-        .name("interactions").uid("interactions")
-        .key_by(lambda ev: ev["item_id"], key_type=Types.STRING())
+        events.key_by(lambda ev: ev["item_id"], key_type=Types.STRING())
         .process(ItemPopularity(settings.ranking), output_type=CATALOG_UPDATE_TYPE)
         .name("item-popularity").uid("item-popularity")
     )

@@ -235,7 +235,13 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
 
 
 class ItemPopularity(KeyedProcessFunction, _LoggedOpen):
-    """Events keyed by item -> decayed popularity updates (log space), for the broadcast."""
+    """Events keyed by item -> decayed popularity updates (log space), for the broadcast.
+
+    The popularity state changes with every positive event, but an update is broadcast at
+    most once per ``popularity_emit_interval_ms`` per item (processing time): every broadcast
+    element costs a call on every ranker subtask, and trending does not need per-event
+    freshness.
+    """
 
     def __init__(self, ranking_cfg: RankingSettings):
         self.cfg = ranking_cfg
@@ -243,18 +249,31 @@ class ItemPopularity(KeyedProcessFunction, _LoggedOpen):
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "item-popularity")
         self.log_pop = ctx.get_state(ValueStateDescriptor("log-pop", Types.DOUBLE()))
+        self.timer_set = ctx.get_state(ValueStateDescriptor("emit-pending", Types.BOOLEAN()))
         self.half_life_ms = self.cfg.popularity_half_life_hours * ranking.MS_PER_HOUR
 
     def process_element(self, ev, ctx) -> Iterable:
         w = ranking.event_weight(ev["type"], ev["value"], self.cfg.event_weights,
                                  self.cfg.rating_neutral, self.cfg.rating_scale)
-        if w <= 0:
+        if w <= 0:  # negative feedback and control events do not make an item popular
             return
         current = self.log_pop.value()
         updated = ranking.popularity_update(-math.inf if current is None else current, w,
                                             ev["ts"], self.half_life_ms)
         self.log_pop.update(updated)
-        yield Row("pop", ev["item_id"], "", None, updated)
+        interval = self.cfg.popularity_emit_interval_ms
+        if interval <= 0:
+            yield Row("pop", ev["item_id"], "", None, updated)
+        elif not self.timer_set.value():
+            self.timer_set.update(True)
+            ctx.timer_service().register_processing_time_timer(
+                ctx.timer_service().current_processing_time() + interval)
+
+    def on_timer(self, timestamp: int, ctx) -> Iterable:
+        self.timer_set.clear()
+        value = self.log_pop.value()
+        if value is not None:
+            yield Row("pop", ctx.get_current_key(), "", None, value)
 
 
 _TITLE_LEN = struct.Struct("<I")

@@ -56,7 +56,7 @@ class FlinkSettings:
     python_execution_mode: str = "thread"
     python_bundle_size: int = 1000
     python_bundle_time_ms: int = 5
-    buffer_timeout_ms: int = 5
+    buffer_timeout_ms: int = 10
     checkpoint_interval_ms: int = 10_000
     state_backend: str = "rocksdb"
     checkpoint_dir: str = ".run/checkpoints"
@@ -86,6 +86,7 @@ class RankingSettings:
     rating_neutral: float = 3.0
     rating_scale: float = 2.0
     popularity_half_life_hours: float = 168.0
+    popularity_emit_interval_ms: int = 1000
     max_seen: int = 5000
     max_pending: int = 100
 

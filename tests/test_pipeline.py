@@ -134,6 +134,7 @@ def test_new_user_gets_popular_items_and_unknown_items_are_kept(job):
     # item they touched is not in the catalog yet).
     send(producer, settings, [event(f"p-{i}", f"crowd{i}", "wes7", "purchase") for i in range(3)])
     wait_for(lambda: rankings.by_event.get("p-2"), proc, what="crowd rankings")
+    time.sleep(settings.ranking.popularity_emit_interval_ms / 1000 + 1.0)
     send(producer, settings, [event("n-1", "newbie", "not-yet-in-catalog", "like")])
     rec = wait_for(lambda: (r := rankings.ranking("newbie")) and r, proc, what="newbie ranking")
     assert rec["items"][0]["item_id"] == "wes7"
