@@ -1,9 +1,10 @@
 """The streamrank topology: Kafka events + catalog -> per-user re-ranked top-k -> Kafka.
 
-    items  -> parse -> embed (batched, cached) -------------------------.
-    events -> parse/validate --(bad)--> events-dlq                       | broadcast
-                            \\-> key_by(user) -> rank (keyed state) <----+   -> rankings
-                            \\-> key_by(item) -> item popularity --------'
+    items  -> parse -> embed (batched, cached) ----------------------------------.
+    events -> parse/validate --(bad)--> events-dlq                                | broadcast
+              |-> key_by(user) -> rank (keyed state) <-------------------------+  -> rankings
+              |-> key_by(item) -> item stats (trending, counts) ---------------|
+              '-> key_by(user) -> user history -> key_by(item) -> co-occurrence '
 
 Run it in a local MiniCluster with ``streamrank run``, or on a cluster with
 ``flink run -py jobs/ranking_job.py [--config FILE] [--set key=value ...]``.
@@ -32,9 +33,13 @@ from operators.functions import (  # noqa: E402
     EVENT_TYPE,
     ITEM_TYPE,
     KEYED_RECORD_TYPE,
+    NEIGHBOURS_STATE,
+    PAIR_TYPE,
     POPULARITY_STATE,
+    Cooccurrence,
     EmbedItems,
-    ItemPopularity,
+    ItemStats,
+    UserHistory,
     ParseEvents,
     ParseItems,
     RankUsers,
@@ -85,12 +90,21 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
         .name("parse-events").uid("parse-events")
     )
-    popularity = (
+    item_stats = (
         events.key_by(lambda ev: ev["item_id"], key_type=Types.STRING())
-        .process(ItemPopularity(settings.ranking), output_type=CATALOG_UPDATE_TYPE)
-        .name("item-popularity").uid("item-popularity")
+        .process(ItemStats(settings.ranking), output_type=CATALOG_UPDATE_TYPE)
+        .name("item-stats").uid("item-stats")
     )
-    catalog_broadcast = catalog.union(popularity).broadcast(CATALOG_STATE, POPULARITY_STATE)
+    neighbours = (
+        events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
+        .process(UserHistory(settings.ranking), output_type=PAIR_TYPE)
+        .name("user-history").uid("user-history")
+        .key_by(lambda pair: pair[0], key_type=Types.STRING())  # chained: positional Row
+        .process(Cooccurrence(settings.ranking), output_type=CATALOG_UPDATE_TYPE)
+        .name("cooccurrence").uid("cooccurrence")
+    )
+    catalog_broadcast = catalog.union(item_stats, neighbours).broadcast(
+        CATALOG_STATE, POPULARITY_STATE, NEIGHBOURS_STATE)
     rankings = (
         events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
         .connect(catalog_broadcast)

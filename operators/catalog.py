@@ -23,7 +23,12 @@ class CatalogIndex:
         self.row: dict[str, int] = {}
         self.deleted = np.zeros(0, dtype=bool)
         self.log_pop = np.full(0, -math.inf)
-        self._early_pop: dict[str, float] = {}  # popularity of items not embedded yet
+        self.count = np.zeros(0)  # interactions per item (co-occurrence normalisation)
+        self._early_pop: dict[str, tuple[float, float]] = {}  # stats of items not embedded yet
+        # Co-occurrence neighbours: item row -> {neighbour id: count}, plus a cache of the
+        # same as (rows, counts) arrays for vectorised scoring.
+        self.neighbours: dict[str, dict[str, float]] = {}
+        self._nbr_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._n = 0
 
     def __len__(self) -> int:
@@ -47,6 +52,7 @@ class CatalogIndex:
         self.deleted = np.concatenate([self.deleted[: self._n], np.zeros(cap - self._n, bool)])
         self.log_pop = np.concatenate([self.log_pop[: self._n],
                                        np.full(cap - self._n, -math.inf)])
+        self.count = np.concatenate([self.count[: self._n], np.zeros(cap - self._n)])
         self._capacity = cap
 
     def upsert(self, item_id: str, title: str, vector: np.ndarray) -> int:
@@ -72,7 +78,8 @@ class CatalogIndex:
             self.ids.append(item_id)
             self.titles.append(title)
             if item_id in self._early_pop:
-                self.log_pop[r] = self._early_pop.pop(item_id)
+                self.log_pop[r], self.count[r] = self._early_pop.pop(item_id)
+            self._nbr_arrays.clear()  # a new row may resolve neighbour ids
         else:
             self.titles[r] = title
         self.matrix[r] = vec
@@ -86,12 +93,28 @@ class CatalogIndex:
         self.deleted[r] = True
         return True
 
-    def set_popularity(self, item_id: str, log_pop: float) -> None:
+    def set_popularity(self, item_id: str, log_pop: float, count: float = 0.0) -> None:
         r = self.row.get(item_id)
         if r is None:
-            self._early_pop[item_id] = log_pop
+            self._early_pop[item_id] = (log_pop, count)
         else:
             self.log_pop[r] = log_pop
+            self.count[r] = count
+
+    def set_neighbours(self, item_id: str, neighbours: dict[str, float]) -> None:
+        self.neighbours[item_id] = neighbours
+        self._nbr_arrays.pop(item_id, None)
+
+    def neighbour_arrays(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, counts) of an item's known neighbours that are in the catalog."""
+        cached = self._nbr_arrays.get(item_id)
+        if cached is None:
+            nbrs = self.neighbours.get(item_id, {})
+            pairs = [(self.row[y], c) for y, c in nbrs.items() if y in self.row]
+            rows = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
+            counts = np.fromiter((p[1] for p in pairs), np.float64, len(pairs))
+            cached = self._nbr_arrays[item_id] = (rows, counts)
+        return cached
 
     def vector(self, item_id: str) -> Optional[np.ndarray]:
         """The item's normalised embedding, or None when unknown or deleted."""
@@ -114,3 +137,6 @@ class CatalogIndex:
 
     def popularity(self) -> np.ndarray:
         return self.log_pop[: self._n]
+
+    def counts(self) -> np.ndarray:
+        return self.count[: self._n]

@@ -7,6 +7,7 @@ shipped to the workers), does one thing per element and delegates the math to th
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -25,11 +26,13 @@ from pyflink.datastream.functions import (
 )
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
-from operators import ranking
+from operators import ranking, recommender
 from operators.catalog import CatalogIndex
-from operators.user_state import PendingEvent, UserState
+from operators.recommender import ModelParams
+from operators.user_state import PendingEvent, UserState, push_recent
 from streamrank.config import ModelSettings, RankingSettings, ValidationSettings
 from streamrank.messages import (
+    CONTROL_TYPES,
     InvalidRecord,
     dlq_record,
     parse_event,
@@ -50,12 +53,16 @@ ITEM_TYPE = Types.ROW_NAMED(
     ["item_id", "title", "text", "deleted", "ts"],
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.BOOLEAN(), Types.LONG()],
 )
-# What reaches the ranker by broadcast: an embedded item ("item"), a deletion ("delete") or a
-# popularity update ("pop").
+# What reaches the ranker by broadcast: an embedded item ("item"), a deletion ("delete"), an
+# item's statistics ("pop": trending log-popularity and interaction count) or its
+# co-occurrence neighbours ("nbrs": JSON {neighbour id: count}).
 CATALOG_UPDATE_TYPE = Types.ROW_NAMED(
-    ["kind", "item_id", "title", "vector", "log_pop"],
-    [Types.STRING(), Types.STRING(), Types.STRING(), BYTES, Types.DOUBLE()],
+    ["kind", "item_id", "title", "vector", "log_pop", "count", "neighbours"],
+    [Types.STRING(), Types.STRING(), Types.STRING(), BYTES, Types.DOUBLE(), Types.DOUBLE(),
+     Types.STRING()],
 )
+# Co-occurrence pairs from the user-history operator to the keyed-by-item counter.
+PAIR_TYPE = Types.ROW_NAMED(["item_id", "neighbour"], [Types.STRING(), Types.STRING()])
 KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [BYTES, BYTES])
 VALUE_RECORD_TYPE = Types.ROW_NAMED(["v"], [BYTES])
 
@@ -67,7 +74,8 @@ DLQ_TAG = OutputTag("dlq", VALUE_RECORD_TYPE)
 # our compact layouts (float32 vectors), never pickled Python objects.
 STATE_BYTES = Types.PICKLED_BYTE_ARRAY()
 CATALOG_STATE = MapStateDescriptor("catalog", Types.STRING(), STATE_BYTES)
-POPULARITY_STATE = MapStateDescriptor("popularity", Types.STRING(), Types.DOUBLE())
+POPULARITY_STATE = MapStateDescriptor("item-stats", Types.STRING(), STATE_BYTES)
+NEIGHBOURS_STATE = MapStateDescriptor("neighbours", Types.STRING(), Types.STRING())
 
 
 def python_runtime_mode() -> str:
@@ -196,9 +204,9 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
     @staticmethod
     def _update(item, vector: np.ndarray | None):
         if item["deleted"]:
-            return Row("delete", item["item_id"], "", None, None)
+            return Row("delete", item["item_id"], "", None, None, None, None)
         return Row("item", item["item_id"], item["title"],
-                   np.asarray(vector, np.float32).tobytes(), None)
+                   np.asarray(vector, np.float32).tobytes(), None, None, None)
 
     def process_element(self, item, ctx) -> Iterable:
         count = self.count.value() or 0
@@ -234,49 +242,120 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
             yield self._update(it, None if it["deleted"] else next(by_pos))
 
 
-class ItemPopularity(KeyedProcessFunction, _LoggedOpen):
-    """Events keyed by item -> decayed popularity updates (log space), for the broadcast.
+class _Throttled:
+    """Emit an item's latest value at most once per interval (processing-time timer)."""
 
-    The popularity state changes with every positive event, but an update is broadcast at
-    most once per ``popularity_emit_interval_ms`` per item (processing time): every broadcast
-    element costs a call on every ranker subtask, and trending does not need per-event
-    freshness.
+    def _schedule(self, ctx, interval_ms: int) -> bool:
+        """True when the caller should emit now (no throttling); else a timer is armed."""
+        if interval_ms <= 0:
+            return True
+        if not self.timer_set.value():
+            self.timer_set.update(True)
+            ctx.timer_service().register_processing_time_timer(
+                ctx.timer_service().current_processing_time() + interval_ms)
+        return False
+
+
+class ItemStats(KeyedProcessFunction, _LoggedOpen, _Throttled):
+    """Events keyed by item -> the item's statistics for the broadcast: trending
+    log-popularity (decayed positive feedback) and interaction count.
+
+    Updates are broadcast at most once per ``popularity_emit_interval_ms`` per item: every
+    broadcast element costs a call on every ranker subtask.
     """
 
     def __init__(self, ranking_cfg: RankingSettings):
         self.cfg = ranking_cfg
 
     def open(self, ctx: RuntimeContext) -> None:
-        self._log_open(ctx, "item-popularity")
-        self.log_pop = ctx.get_state(ValueStateDescriptor("log-pop", Types.DOUBLE()))
+        self._log_open(ctx, "item-stats")
+        self.p = ModelParams.from_settings(self.cfg)
+        self.stats = ctx.get_state(ValueStateDescriptor("stats", Types.PICKLED_BYTE_ARRAY()))
         self.timer_set = ctx.get_state(ValueStateDescriptor("emit-pending", Types.BOOLEAN()))
-        self.half_life_ms = self.cfg.popularity_half_life_hours * ranking.MS_PER_HOUR
 
     def process_element(self, ev, ctx) -> Iterable:
-        w = ranking.event_weight(ev["type"], ev["value"], self.cfg.event_weights,
-                                 self.cfg.rating_neutral, self.cfg.rating_scale)
-        if w <= 0:  # negative feedback and control events do not make an item popular
+        if ev["type"] in CONTROL_TYPES:
             return
-        current = self.log_pop.value()
-        updated = ranking.popularity_update(-math.inf if current is None else current, w,
-                                            ev["ts"], self.half_life_ms)
-        self.log_pop.update(updated)
-        interval = self.cfg.popularity_emit_interval_ms
-        if interval <= 0:
-            yield Row("pop", ev["item_id"], "", None, updated)
-        elif not self.timer_set.value():
-            self.timer_set.update(True)
-            ctx.timer_service().register_processing_time_timer(
-                ctx.timer_service().current_processing_time() + interval)
+        w = self.p.weight(ev["type"], ev["value"])
+        if not self.p.counts_as_consumption(ev["type"], w):
+            return
+        raw = self.stats.value()
+        log_pop, count = _STATS.unpack(raw) if raw is not None else (-math.inf, 0.0)
+        if w > 0:
+            log_pop = ranking.popularity_update(log_pop, w, ev["ts"],
+                                                self.p.popularity_half_life_ms)
+        count += 1.0
+        self.stats.update(_STATS.pack(log_pop, count))
+        if self._schedule(ctx, self.cfg.popularity_emit_interval_ms):
+            yield Row("pop", ev["item_id"], "", None, log_pop, count, None)
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
         self.timer_set.clear()
-        value = self.log_pop.value()
-        if value is not None:
-            yield Row("pop", ctx.get_current_key(), "", None, value)
+        raw = self.stats.value()
+        if raw is not None:
+            log_pop, count = _STATS.unpack(raw)
+            yield Row("pop", ctx.get_current_key(), "", None, log_pop, count, None)
+
+
+class UserHistory(KeyedProcessFunction, _LoggedOpen):
+    """Events keyed by user -> co-occurrence pairs with the user's recent items.
+
+    Keeps the same recent-items list as the ranker (``ranking.history_size``) so the
+    collaborative signal needs no cycle back from the ranker.
+    """
+
+    def __init__(self, ranking_cfg: RankingSettings):
+        self.cfg = ranking_cfg
+
+    def open(self, ctx: RuntimeContext) -> None:
+        self._log_open(ctx, "user-history")
+        self.p = ModelParams.from_settings(self.cfg)
+        self.history = ctx.get_state(ValueStateDescriptor("recent", Types.STRING()))
+
+    def process_element(self, ev, ctx) -> Iterable:
+        if ev["type"] == "forget_user":
+            self.history.clear()
+            return
+        raw = self.history.value()
+        recent = json.loads(raw) if raw else []
+        w = self.p.weight(ev["type"], ev["value"])
+        if self.p.counts_as_consumption(ev["type"], w):
+            for x, y in recommender.cooc_pairs(recent, ev["item_id"]):
+                yield Row(x, y)
+        push_recent(recent, ev["item_id"], self.p.history_size)
+        self.history.update(json.dumps(recent))
+
+
+class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
+    """Co-occurrence pairs keyed by item -> the item's neighbour counts for the broadcast
+    (the heaviest ``max_neighbours``), at most once per ``popularity_emit_interval_ms``."""
+
+    def __init__(self, ranking_cfg: RankingSettings):
+        self.cfg = ranking_cfg
+
+    def open(self, ctx: RuntimeContext) -> None:
+        self._log_open(ctx, "cooccurrence")
+        self.counts = ctx.get_state(ValueStateDescriptor("neighbours", Types.STRING()))
+        self.timer_set = ctx.get_state(ValueStateDescriptor("emit-pending", Types.BOOLEAN()))
+
+    def process_element(self, pair, ctx) -> Iterable:
+        raw = self.counts.value()
+        counts = json.loads(raw) if raw else {}
+        recommender.cooc_add(counts, pair[1], self.cfg.max_neighbours)
+        encoded = json.dumps(counts, separators=(",", ":"))
+        self.counts.update(encoded)
+        if self._schedule(ctx, self.cfg.popularity_emit_interval_ms):
+            yield Row("nbrs", pair[0], "", None, None, None, encoded)
+
+    def on_timer(self, timestamp: int, ctx) -> Iterable:
+        self.timer_set.clear()
+        raw = self.counts.value()
+        if raw:
+            yield Row("nbrs", ctx.get_current_key(), "", None, None, None, raw)
 
 
 _TITLE_LEN = struct.Struct("<I")
+_STATS = struct.Struct("<dd")
 
 
 def pack_catalog_entry(title: str, vector: bytes) -> bytes:
@@ -291,12 +370,13 @@ def unpack_catalog_entry(data: bytes) -> tuple[str, np.ndarray]:
 
 
 class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
-    """Per user: update the interest state with the event, emit the re-ranked top-k.
+    """Per user: learn from and apply the event, emit the re-ranked top-k.
 
-    The catalog (embeddings, deletions, popularity) arrives by broadcast and is mirrored in
-    broadcast state for checkpoints, and in a :class:`CatalogIndex` for scoring. Events for
-    items not in the catalog yet are kept in the user's state and applied once the item is
-    known (at the user's next event).
+    The catalog (embeddings, deletions), item statistics and co-occurrence neighbours arrive
+    by broadcast and are mirrored in broadcast state for checkpoints, and in a
+    :class:`CatalogIndex` for scoring. The model itself is :mod:`operators.recommender`, the
+    same code ``streamrank eval`` measures. Events for items not in the catalog yet are kept
+    in the user's state and applied once the item is known (at the user's next event).
     """
 
     def __init__(self, ranking_cfg: RankingSettings, model_id: str):
@@ -305,11 +385,10 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
 
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "rank-users")
+        self.p = ModelParams.from_settings(self.cfg)
         self.profile = ctx.get_state(ValueStateDescriptor("profile", STATE_BYTES))
         self.catalog = CatalogIndex()
         self.catalog_loaded = False
-        self.half_life_ms = self.cfg.half_life_hours * ranking.MS_PER_HOUR
-        self.pop_half_life_ms = self.cfg.popularity_half_life_hours * ranking.MS_PER_HOUR
 
     def _ensure_catalog(self, ctx) -> None:
         """After a restore the broadcast state holds the catalog; rebuild the index once."""
@@ -321,8 +400,10 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
             title, vec = unpack_catalog_entry(packed)
             self.catalog.upsert(item_id, title, vec)
             n += 1
-        for item_id, log_pop in ctx.get_broadcast_state(POPULARITY_STATE).items():
-            self.catalog.set_popularity(item_id, log_pop)
+        for item_id, packed in ctx.get_broadcast_state(POPULARITY_STATE).items():
+            self.catalog.set_popularity(item_id, *_STATS.unpack(packed))
+        for item_id, encoded in ctx.get_broadcast_state(NEIGHBOURS_STATE).items():
+            self.catalog.set_neighbours(item_id, json.loads(encoded))
         if n:
             log.info("rank-users restored a catalog of %d items from state", n)
 
@@ -339,8 +420,12 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
             self.catalog.delete(item_id)
             ctx.get_broadcast_state(CATALOG_STATE).remove(item_id)
         elif kind == "pop":
-            self.catalog.set_popularity(item_id, update["log_pop"])
-            ctx.get_broadcast_state(POPULARITY_STATE).put(item_id, update["log_pop"])
+            self.catalog.set_popularity(item_id, update["log_pop"], update["count"])
+            ctx.get_broadcast_state(POPULARITY_STATE).put(
+                item_id, _STATS.pack(update["log_pop"], update["count"]))
+        elif kind == "nbrs":
+            self.catalog.set_neighbours(item_id, json.loads(update["neighbours"]))
+            ctx.get_broadcast_state(NEIGHBOURS_STATE).put(item_id, update["neighbours"])
         return ()
 
     def process_element(self, ev, ctx) -> Iterable:
@@ -351,52 +436,26 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
             self.profile.clear()
             yield Row(key, None)  # tombstone: compaction erases the user's ranking
             return
-        cfg = self.cfg
+        p, cat = self.p, self.catalog
         raw = self.profile.value()
-        dim = self.catalog.dim or 384
-        state = UserState.from_bytes(raw) if raw is not None else UserState.empty(dim)
+        state = UserState.from_bytes(raw) if raw is not None else UserState.empty(cat.dim or 384)
 
-        for p in state.drain_pending(self.catalog.vector):
-            state.apply(self.catalog.vector(p.item_id), p.weight, p.ts, cfg.alpha,
-                        self.half_life_ms)
-        weight = ranking.event_weight(ev["type"], ev["value"], cfg.event_weights,
-                                      cfg.rating_neutral, cfg.rating_scale)
-        item_vec = self.catalog.vector(ev["item_id"])
-        if item_vec is not None:
-            state.apply(item_vec, weight, ev["ts"], cfg.alpha, self.half_life_ms)
-        elif not state.add_pending(PendingEvent(ev["item_id"], weight, ev["ts"],
-                                                ev["event_id"] or ""), cfg.max_pending):
-            log.warning("user %s: pending queue full (%d), event %s for unknown item %s "
-                        "not kept", user_id, cfg.max_pending, ev["event_id"], ev["item_id"])
-        state.mark_seen(ev["item_id"], cfg.max_seen)
+        for pend in state.drain_pending(lambda i: cat.vector(i) is not None):
+            recommender.apply_event(state, cat, p, pend.item_id, pend.weight, pend.ts)
+        weight = p.weight(ev["type"], ev["value"])
+        if not recommender.apply_event(state, cat, p, ev["item_id"], weight, ev["ts"]):
+            if not state.add_pending(PendingEvent(ev["item_id"], weight, ev["ts"],
+                                                  ev["event_id"] or ""), p.max_pending):
+                log.warning("user %s: pending queue full (%d), event %s for unknown item %s "
+                            "not kept", user_id, p.max_pending, ev["event_id"], ev["item_id"])
+        state.mark_seen(ev["item_id"], p.max_seen, p.history_size)
+
+        ranked = recommender.rank(state, cat, p, ev["ts"])
+        state.shown = [cat.ids[r] for r in ranked.rows]
         self.profile.update(state.to_bytes())
-
-        items = self._rank(state, ev["ts"])
+        items = [{"item_id": cat.ids[r], "score": round(s, 5), "reason": why}
+                 for r, s, why in zip(ranked.rows, ranked.scores, ranked.reasons)]
         yield Row(key, ranking_record(
-            user_id=user_id, items=items, k=cfg.k, model=self.model_id,
+            user_id=user_id, items=items, k=p.k, model=self.model_id,
             event_id=ev["event_id"], event_ts=ev["ts"], emitted_ts=_now_ms(),
-            catalog_size=len(self.catalog)))
-
-    def _rank(self, state: UserState, now_ts: int) -> list[dict]:
-        cat = self.catalog
-        if cat.size == 0:
-            return []
-        exclude = cat.exclusion_mask(state.seen)
-        if state.has_interest and state.vector.shape[0] == cat.dim:
-            scores = ranking.cosine_scores(state.vector, cat.live_matrix())
-            reason = "matches your interests"
-        else:
-            pop = cat.popularity()
-            # Items nobody interacted with yet still fill the list, after the popular ones.
-            scores = np.where(np.isfinite(pop), pop, -1e30)
-            reason = "popular now"
-        top = ranking.top_k(scores, self.cfg.k, exclude)
-        out = []
-        for r in top:
-            s = float(scores[r])
-            if reason == "popular now":
-                # Decayed popularity at the event's time (log-space -> count).
-                s = math.exp(s - now_ts * math.log(2.0) / self.pop_half_life_ms) \
-                    if s > -1e30 else 0.0
-            out.append({"item_id": cat.ids[r], "score": round(s, 5), "reason": reason})
-        return out
+            catalog_size=len(cat)))

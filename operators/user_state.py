@@ -1,7 +1,14 @@
-"""Per-user interest state, stored in Flink keyed state as compact bytes (not pickles).
+"""Per-user state, stored in Flink keyed state as compact bytes (not pickles).
 
-Layout (little endian): ``u8 version | u16 dim | u32 n_events | i64 last_ts | f32[dim] vector``
-followed by a UTF-8 JSON tail ``{"seen": [...], "pending": [[item, weight, ts, event_id], ...]}``.
+Layout (little endian)::
+
+    u8 version | u16 dim | u8 n_centroids | u8 n_weights | u32 n_events | i64 last_ts
+    f32[n_centroids * dim] centroids | f32[n_centroids] masses | f64[n_weights] fusion weights
+    UTF-8 JSON tail {"seen": [...], "history": [...], "shown": [...], "pending": [...]}
+
+``seen`` are the items the user interacted with (never recommended again), ``history`` the
+most recent of them (co-occurrence context), ``shown`` the last top-k (negatives for learning),
+``pending`` events whose item was not in the catalog yet.
 """
 
 from __future__ import annotations
@@ -9,14 +16,23 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from operators import ranking
+from operators import interests
 
-_HEADER = struct.Struct("<BHIq")
-_VERSION = 1
+_HEADER = struct.Struct("<BHBBIq")
+
+
+def push_recent(items: list[str], item_id: str, bound: int) -> None:
+    """Append ``item_id`` as the most recent entry (moving it if present), keep ``bound``."""
+    if item_id in items:
+        items.remove(item_id)
+    items.append(item_id)
+    if len(items) > bound:
+        del items[: len(items) - bound]
+_VERSION = 2
 
 
 @dataclass
@@ -31,47 +47,61 @@ class PendingEvent:
 
 @dataclass
 class UserState:
-    vector: np.ndarray
+    centroids: np.ndarray  # [m, d] float32, unit rows
+    masses: np.ndarray  # [m] float32
+    weights: Optional[np.ndarray] = None  # [F] float64 fusion weights; None = defaults
     n_events: int = 0
     last_ts: int = 0
     seen: list[str] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)
+    shown: list[str] = field(default_factory=list)
     pending: list[PendingEvent] = field(default_factory=list)
 
     @classmethod
     def empty(cls, dim: int) -> "UserState":
-        return cls(vector=np.zeros(dim, dtype=np.float32))
+        return cls(centroids=np.zeros((0, dim), np.float32), masses=np.zeros(0, np.float32))
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
 
     @property
     def has_interest(self) -> bool:
-        return bool(np.any(self.vector))
+        return self.centroids.shape[0] > 0
 
     def to_bytes(self) -> bytes:
-        vec = np.ascontiguousarray(self.vector, dtype=np.float32)
+        c = np.ascontiguousarray(self.centroids, dtype=np.float32)
+        m = np.ascontiguousarray(self.masses, dtype=np.float32)
+        w = np.zeros(0) if self.weights is None else np.asarray(self.weights, np.float64)
         tail = json.dumps({
-            "seen": self.seen,
+            "seen": self.seen, "history": self.history, "shown": self.shown,
             "pending": [[p.item_id, p.weight, p.ts, p.event_id] for p in self.pending],
         }, separators=(",", ":")).encode("utf-8")
-        return _HEADER.pack(_VERSION, vec.shape[0], self.n_events, self.last_ts) \
-            + vec.tobytes() + tail
+        return (_HEADER.pack(_VERSION, c.shape[1], c.shape[0], w.shape[0], self.n_events,
+                             self.last_ts)
+                + c.tobytes() + m.tobytes() + w.tobytes() + tail)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "UserState":
-        version, dim, n_events, last_ts = _HEADER.unpack_from(data, 0)
+        version, dim, n_c, n_w, n_events, last_ts = _HEADER.unpack_from(data, 0)
         if version != _VERSION:
             raise ValueError(f"unsupported user-state version {version}")
-        start = _HEADER.size
-        vec = np.frombuffer(data, dtype=np.float32, count=dim, offset=start).copy()
-        tail = json.loads(bytes(data[start + 4 * dim:]).decode("utf-8"))
+        off = _HEADER.size
+        c = np.frombuffer(data, np.float32, n_c * dim, off).reshape(n_c, dim).copy()
+        off += 4 * n_c * dim
+        m = np.frombuffer(data, np.float32, n_c, off).copy()
+        off += 4 * n_c
+        w = np.frombuffer(data, np.float64, n_w, off).copy() if n_w else None
+        off += 8 * n_w
+        tail = json.loads(bytes(data[off:]).decode("utf-8"))
         pending = [PendingEvent(p[0], float(p[1]), int(p[2]), p[3]) for p in tail["pending"]]
-        return cls(vector=vec, n_events=n_events, last_ts=last_ts, seen=tail["seen"],
+        return cls(centroids=c, masses=m, weights=w, n_events=n_events, last_ts=last_ts,
+                   seen=tail["seen"], history=tail["history"], shown=tail["shown"],
                    pending=pending)
 
-    def mark_seen(self, item_id: str, max_seen: int) -> None:
-        if item_id in self.seen:
-            self.seen.remove(item_id)
-        self.seen.append(item_id)
-        if len(self.seen) > max_seen:
-            del self.seen[: len(self.seen) - max_seen]
+    def mark_seen(self, item_id: str, max_seen: int, max_history: int) -> None:
+        push_recent(self.seen, item_id, max_seen)
+        push_recent(self.history, item_id, max_history)
 
     def add_pending(self, event: PendingEvent, max_pending: int) -> bool:
         """Queue an event for an unknown item; False (and nothing queued) when full."""
@@ -80,23 +110,24 @@ class UserState:
         self.pending.append(event)
         return True
 
-    def apply(self, item_vec: np.ndarray, weight: float, ts: int, alpha: float,
-              half_life_ms: float) -> None:
-        """Apply one interaction with a known item vector (state update, in place)."""
-        if self.vector.shape != item_vec.shape:
-            # Embedding dimension changed (another model): start the interest afresh.
-            self.vector = np.zeros(item_vec.shape, dtype=np.float32)
+    def apply_interest(self, item_vec: np.ndarray, weight: float, ts: int, *,
+                       max_centroids: int, open_threshold: float, alpha: float,
+                       half_life_ms: float) -> None:
+        """Move the multi-interest centroids with one interaction (in place)."""
+        if self.centroids.shape[1] != item_vec.shape[0]:
+            # Embedding dimension changed (another model): start the interests afresh.
+            self.centroids = np.zeros((0, item_vec.shape[0]), np.float32)
+            self.masses = np.zeros(0, np.float32)
         dt = ts - self.last_ts if self.n_events else 0
-        self.vector = ranking.update_interest(self.vector, item_vec, weight, dt, alpha,
-                                              half_life_ms)
+        self.centroids, self.masses = interests.update_centroids(
+            self.centroids, self.masses, item_vec, weight, dt, max_centroids=max_centroids,
+            open_threshold=open_threshold, alpha=alpha, half_life_ms=half_life_ms)
         self.n_events += 1
         self.last_ts = max(self.last_ts, ts)
 
-    def drain_pending(self, lookup) -> list[PendingEvent]:
-        """Remove and return the pending events whose item ``lookup(item_id)`` now knows,
-        oldest first."""
-        ready = [p for p in self.pending if lookup(p.item_id) is not None]
+    def drain_pending(self, known: Callable[[str], bool]) -> list[PendingEvent]:
+        """Remove and return the pending events whose item is now ``known``, oldest first."""
+        ready = [p for p in self.pending if known(p.item_id)]
         if ready:
-            self.pending = [p for p in self.pending if lookup(p.item_id) is None]
+            self.pending = [p for p in self.pending if not known(p.item_id)]
         return ready
-

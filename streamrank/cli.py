@@ -85,6 +85,16 @@ def cmd_demo(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_eval(args) -> int:
+    from streamrank.evaluate import run_eval
+
+    result = run_eval(_settings(args), args.data, limit=args.limit or None, out_dir=args.out,
+                      methods=tuple(args.methods.split(",")))
+    print(f"eval: plot {result.pop('plot')}, json {result.pop('json')}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=os.environ.get("STREAMRANK_CONFIG"),
@@ -123,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="embed a dataset's catalog into the cache ahead of the job")
     s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
     s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("eval", parents=[common],
+                       help="prequential evaluation of streamrank against baselines")
+    s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
+    s.add_argument("--limit", type=int, help="evaluate on the first N events only")
+    s.add_argument("--out", default=".run/eval", help="where eval.json and eval.png go")
+    s.add_argument("--methods", default="streamrank,popularity,embedding,cooc",
+                   help="comma-separated subset of streamrank,popularity,embedding,cooc")
+    s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("demo", parents=[common],
                        help="everything end to end: Kafka, job, replay, live rankings")

@@ -89,6 +89,19 @@ class RankingSettings:
     popularity_emit_interval_ms: int = 1000
     max_seen: int = 5000
     max_pending: int = 100
+    max_centroids: int = 4
+    centroid_open_threshold: float = 0.5
+    history_size: int = 30
+    history_decay: float = 0.9
+    max_neighbours: int = 200
+    cooc_positive_only: bool = False
+    fusion_weights: Mapping[str, float] = field(
+        default_factory=lambda: {"content": 0.02, "cooc": 1.0, "popularity": 0.04,
+                                 "trending": 0.0})
+    learning_rate: float = 0.05
+    l2: float = 0.1
+    mmr_lambda: float = 0.9
+    mmr_candidates: int = 50
 
 
 @dataclass(frozen=True)

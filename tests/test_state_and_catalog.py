@@ -11,24 +11,33 @@ pytestmark = pytest.mark.unit
 
 def test_user_state_roundtrip_is_compact_and_exact():
     st = UserState.empty(384)
-    st.vector[:] = np.linspace(-1, 1, 384, dtype=np.float32)
+    st.centroids = np.stack([np.linspace(-1, 1, 384, dtype=np.float32)] * 2)
+    st.masses = np.array([1.5, 0.25], np.float32)
+    st.weights = np.array([0.1, 1.0, 0.2, 0.0])
     st.n_events, st.last_ts = 7, 1_700_000_000_000
-    st.mark_seen("a", 10)
+    st.mark_seen("a", 10, 5)
+    st.shown = ["x", "y"]
     st.add_pending(PendingEvent("zz", -0.5, 123, "e1"), 10)
     data = st.to_bytes()
-    assert len(data) < 384 * 4 + 100  # float32 bytes plus a small header/tail, no pickle
+    assert len(data) < 2 * 384 * 4 + 200  # float32 bytes plus a small header/tail, no pickle
     back = UserState.from_bytes(data)
-    np.testing.assert_array_equal(back.vector, st.vector)
-    assert (back.n_events, back.last_ts, back.seen) == (7, st.last_ts, ["a"])
+    np.testing.assert_array_equal(back.centroids, st.centroids)
+    np.testing.assert_array_equal(back.masses, st.masses)
+    np.testing.assert_array_equal(back.weights, st.weights)
+    assert (back.n_events, back.last_ts, back.seen, back.history, back.shown) == \
+        (7, st.last_ts, ["a"], ["a"], ["x", "y"])
     assert back.pending == [PendingEvent("zz", -0.5, 123, "e1")]
+    fresh = UserState.from_bytes(UserState.empty(8).to_bytes())
+    assert fresh.weights is None and not fresh.has_interest
 
 
-def test_seen_is_bounded_and_recency_ordered():
+def test_seen_and_history_are_bounded_and_recency_ordered():
     st = UserState.empty(2)
     for i in range(5):
-        st.mark_seen(str(i), 3)
-    st.mark_seen("2", 3)
-    assert st.seen == ["3", "4", "2"]
+        st.mark_seen(str(i), 4, 3)
+    st.mark_seen("2", 4, 3)
+    assert st.seen == ["1", "3", "4", "2"]
+    assert st.history == ["3", "4", "2"]
 
 
 def test_pending_is_bounded_and_drains_when_item_known():
@@ -36,19 +45,20 @@ def test_pending_is_bounded_and_drains_when_item_known():
     assert st.add_pending(PendingEvent("x", 1.0, 1), 2)
     assert st.add_pending(PendingEvent("y", 1.0, 2), 2)
     assert not st.add_pending(PendingEvent("z", 1.0, 3), 2)
-    known = {"y": np.ones(2, np.float32)}
-    ready = st.drain_pending(known.get)
+    ready = st.drain_pending(lambda item: item == "y")
     assert [p.item_id for p in ready] == ["y"]
     assert [p.item_id for p in st.pending] == ["x"]
 
 
-def test_apply_updates_vector_and_counts():
+def test_apply_interest_opens_and_moves_centroids():
     st = UserState.empty(2)
-    st.apply(np.array([1, 0], np.float32), 1.0, ts=1000, alpha=0.5, half_life_ms=1e9)
-    np.testing.assert_allclose(st.vector, [0.5, 0])
-    assert (st.n_events, st.last_ts) == (1, 1000)
-    st.apply(np.array([0, 1, 0], np.float32), 1.0, ts=2000, alpha=0.5, half_life_ms=1e9)
-    assert st.vector.shape == (3,)  # a new model dimension restarts the interest
+    kw = dict(max_centroids=2, open_threshold=0.5, alpha=0.3, half_life_ms=1e9)
+    st.apply_interest(np.array([1, 0], np.float32), 1.0, ts=1000, **kw)
+    assert st.centroids.shape == (1, 2) and (st.n_events, st.last_ts) == (1, 1000)
+    st.apply_interest(np.array([0, 1], np.float32), 1.0, ts=2000, **kw)  # far: new centroid
+    assert st.centroids.shape == (2, 2)
+    st.apply_interest(np.array([0, 1, 0], np.float32), 1.0, ts=3000, **kw)
+    assert st.centroids.shape == (1, 3)  # a new model dimension restarts the interests
 
 
 def test_catalog_upsert_delete_popularity():

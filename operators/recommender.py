@@ -1,0 +1,246 @@
+"""The streamrank model: signals, fusion, learning, diversity and explanations.
+
+Plain functions over :class:`UserState` and :class:`CatalogIndex`; the Flink ranker and
+``streamrank eval`` call exactly these, so what is evaluated is what runs.
+
+Signals (one column each of the feature matrix, all scaled to about [0, 1]):
+
+* ``content``    best cosine between the item and one of the user's interest centroids;
+* ``cooc``       item-to-item co-occurrence with the user's recent history ("rated X, then
+                 rated Y"), each history item weighted by recency, cosine-normalised by both
+                 items' interaction counts; in log scale relative to the user's best
+                 candidate (1 = best, 0 = no co-occurrence), so that adding ``popularity``
+                 makes a product of experts, which measured better than a linear blend;
+* ``popularity`` log interaction count, relative to the most popular item;
+* ``trending``   log of the decayed positive-feedback count, relative to the top item.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from operators import diversity, fusion, interests, ranking
+from operators.catalog import CatalogIndex
+from operators.user_state import UserState
+
+F_CONTENT, F_COOC, F_POP, F_TREND = range(4)
+COOC_FLOOR = 1e-6  # relative co-occurrence mapped to feature 0
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """The ranking settings the model needs, resolved once (times in ms)."""
+
+    k: int = 10
+    event_weights: Mapping[str, float] = None  # type: ignore[assignment]
+    rating_neutral: float = 3.0
+    rating_scale: float = 2.0
+    max_centroids: int = 4
+    centroid_open_threshold: float = 0.5
+    alpha: float = 0.3
+    half_life_ms: float = 720 * ranking.MS_PER_HOUR
+    popularity_half_life_ms: float = 168 * ranking.MS_PER_HOUR
+    history_size: int = 30
+    history_decay: float = 0.9
+    fusion_weights: tuple = (0.02, 1.0, 0.04, 0.0)
+    learning_rate: float = 0.05
+    l2: float = 0.1
+    mmr_lambda: float = 0.9
+    mmr_candidates: int = 50
+    max_seen: int = 5000
+    max_pending: int = 100
+    cooc_positive_only: bool = False
+
+    @classmethod
+    def from_settings(cls, r) -> "ModelParams":
+        return cls(
+            k=r.k, event_weights=dict(r.event_weights), rating_neutral=r.rating_neutral,
+            rating_scale=r.rating_scale, max_centroids=r.max_centroids,
+            centroid_open_threshold=r.centroid_open_threshold, alpha=r.alpha,
+            half_life_ms=r.half_life_hours * ranking.MS_PER_HOUR,
+            popularity_half_life_ms=r.popularity_half_life_hours * ranking.MS_PER_HOUR,
+            history_size=r.history_size, history_decay=r.history_decay,
+            fusion_weights=tuple(float(r.fusion_weights[f]) for f in fusion.FEATURES),
+            learning_rate=r.learning_rate, l2=r.l2, mmr_lambda=r.mmr_lambda,
+            mmr_candidates=r.mmr_candidates, max_seen=r.max_seen, max_pending=r.max_pending,
+            cooc_positive_only=r.cooc_positive_only)
+
+    @property
+    def prior(self) -> np.ndarray:
+        return np.asarray(self.fusion_weights, dtype=np.float64)
+
+    def weight(self, event_type: str, value: Optional[float]) -> float:
+        return ranking.event_weight(event_type, value, self.event_weights,
+                                    self.rating_neutral, self.rating_scale)
+
+    def counts_as_consumption(self, event_type: str, weight: float) -> bool:
+        """Whether an interaction feeds the interaction counts and co-occurrence: positive
+        feedback always; any rating too (the user consumed the item) unless
+        ``cooc_positive_only``; explicit negatives (skip, dislike) never."""
+        return weight > 0 or (event_type == "rating" and not self.cooc_positive_only)
+
+
+def _rel_log(values: np.ndarray) -> np.ndarray:
+    top = float(values.max()) if values.size else 0.0
+    return np.log1p(values) / math.log1p(top) if top > 0 else np.zeros_like(values)
+
+
+def cooc_scores(state: UserState, cat: CatalogIndex, p: ModelParams,
+                contributions: bool = False):
+    """Co-occurrence score of every catalog row with the user's recent history."""
+    n = cat.size
+    scores = np.zeros(n)
+    counts = cat.counts()
+    per_item = []
+    for age, x in enumerate(reversed(state.history)):
+        rows, c = cat.neighbour_arrays(x)
+        if rows.size == 0:
+            continue
+        rx = cat.row.get(x)
+        nx = counts[rx] if rx is not None and counts[rx] > 0 else max(float(c.max()), 1.0)
+        part = (p.history_decay ** age) * c / math.sqrt(nx)
+        np.add.at(scores, rows, part)
+        if contributions:
+            per_item.append((x, rows, part))
+    scores /= np.sqrt(np.maximum(counts, 1.0))
+    return (scores, per_item) if contributions else scores
+
+
+def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
+             rows: Optional[np.ndarray] = None,
+             cooc: Optional[np.ndarray] = None) -> np.ndarray:
+    """The [n, 4] feature matrix for all catalog rows (or only ``rows``)."""
+    n = cat.size
+    feats = np.zeros((n if rows is None else len(rows), 4))
+    if n == 0:
+        return feats
+    mat = cat.live_matrix() if rows is None else cat.live_matrix()[rows]
+    if state.has_interest and state.dim == cat.dim:
+        feats[:, F_CONTENT] = interests.content_scores(state.centroids, mat)
+    co = cooc_scores(state, cat, p) if cooc is None else cooc
+    top = float(co.max())
+    if top > 0:
+        rel = (co / top) if rows is None else (co[rows] / top)
+        feats[:, F_COOC] = np.maximum(
+            1.0 + np.log(rel + COOC_FLOOR) / -math.log(COOC_FLOOR), 0.0)
+    pop = _rel_log(cat.counts())
+    lp = cat.popularity()
+    finite = np.isfinite(lp)
+    trend = np.zeros(n)
+    if finite.any():
+        trend[finite] = np.exp(lp[finite] - now_ts * math.log(2.0) / p.popularity_half_life_ms)
+    trend = _rel_log(trend)
+    feats[:, F_POP] = pop if rows is None else pop[rows]
+    feats[:, F_TREND] = trend if rows is None else trend[rows]
+    return feats
+
+
+def user_weights(state: UserState, p: ModelParams) -> np.ndarray:
+    return p.prior if state.weights is None else state.weights
+
+
+@dataclass
+class Ranked:
+    rows: list[int]
+    scores: list[float]
+    reasons: list[str]
+
+
+def rank(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
+         explain: bool = True, cooc: Optional[np.ndarray] = None) -> Ranked:
+    """The user's top-k: fused scores, seen and deleted items excluded, MMR diversity."""
+    if cat.size == 0:
+        return Ranked([], [], [])
+    feats = features(state, cat, p, now_ts, cooc=cooc)
+    w = user_weights(state, p)
+    scores = fusion.fuse(feats, w)
+    exclude = cat.exclusion_mask(state.seen)
+    pool = ranking.top_k(scores, max(p.k, p.mmr_candidates), exclude)
+    if pool.size == 0:
+        return Ranked([], [], [])
+    picked = diversity.mmr(scores[pool], cat.live_matrix()[pool], p.k, p.mmr_lambda)
+    rows = [int(pool[i]) for i in picked]
+    reasons = explain_rows(state, cat, p, rows, feats, w) if explain else [""] * len(rows)
+    return Ranked(rows, [float(scores[r]) for r in rows], reasons)
+
+
+def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequence[int],
+                 feats: np.ndarray, w: np.ndarray) -> list[str]:
+    """A short reason per ranked row, from the signal that contributed most to its score."""
+    out = []
+    hist_rows = [cat.row[x] for x in state.history if x in cat.row]
+    _, per_item = cooc_scores(state, cat, p, contributions=True)
+    for r in rows:
+        contrib = feats[r] * w
+        best = int(np.argmax(contrib))
+        reason = "trending now" if best == F_TREND else "popular"
+        if best == F_CONTENT and hist_rows:
+            sims = cat.live_matrix()[hist_rows] @ cat.live_matrix()[r]
+            reason = f"similar to {cat.titles[hist_rows[int(np.argmax(sims))]]}"
+        elif best == F_CONTENT:
+            reason = "matches your interests"
+        elif best == F_COOC:
+            top_x, top_v = None, 0.0
+            for x, nrows, part in per_item:
+                hit = np.nonzero(nrows == r)[0]
+                if hit.size and part[hit[0]] > top_v:
+                    top_x, top_v = x, part[hit[0]]
+            if top_x is not None and top_x in cat.row:
+                reason = f"often liked after {cat.titles[cat.row[top_x]]}"
+            else:
+                reason = "often liked together with your items"
+        out.append(reason)
+    return out
+
+
+def learn(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: str,
+          weight: float, now_ts: int, cooc: Optional[np.ndarray] = None) -> None:
+    """Online fusion update from one positive interaction: the engaged item should outscore
+    the items of the user's previous top-k that were shown and not chosen."""
+    if weight <= 0 or not state.shown or item_id not in cat.row:
+        return
+    neg = [cat.row[x] for x in state.shown if x != item_id and cat.vector(x) is not None]
+    if not neg:
+        return
+    rows = np.array([cat.row[item_id]] + neg)
+    f = features(state, cat, p, now_ts, rows=rows, cooc=cooc)
+    state.weights = fusion.pairwise_update(user_weights(state, p), f[0], f[1:],
+                                           p.learning_rate, p.l2, p.prior)
+
+
+def apply_event(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: str,
+                weight: float, ts: int, cooc: Optional[np.ndarray] = None) -> bool:
+    """Apply one interaction with a catalog item: learn (from the list shown before it),
+    move the interest centroids. ``cooc`` may pass this state's co-occurrence scores when the
+    caller already has them. Returns False (nothing applied) when the item is unknown."""
+    vec = cat.vector(item_id)
+    if vec is None:
+        return False
+    learn(state, cat, p, item_id, weight, ts, cooc=cooc)
+    state.apply_interest(vec, weight, ts, max_centroids=p.max_centroids,
+                         open_threshold=p.centroid_open_threshold, alpha=p.alpha,
+                         half_life_ms=p.half_life_ms)
+    return True
+
+
+def cooc_pairs(history: Sequence[str], item_id: str) -> list[tuple[str, str]]:
+    """Co-occurrence pairs from one interaction: (x, item) and (item, x) for each recent x."""
+    pairs = []
+    for x in history:
+        if x != item_id:
+            pairs.append((x, item_id))
+            pairs.append((item_id, x))
+    return pairs
+
+
+def cooc_add(counts: dict[str, float], neighbour: str, max_neighbours: int) -> None:
+    """Count one co-occurrence; past twice the bound, keep only the top ``max_neighbours``."""
+    counts[neighbour] = counts.get(neighbour, 0.0) + 1.0
+    if len(counts) > 2 * max_neighbours:
+        keep = sorted(counts.items(), key=lambda kv: -kv[1])[:max_neighbours]
+        counts.clear()
+        counts.update(keep)

@@ -1,0 +1,142 @@
+"""The ranking model's pure parts: interests, co-occurrence, fusion learning, MMR, metrics."""
+
+import math
+
+import numpy as np
+import pytest
+
+from operators import diversity, fusion, interests, metrics, recommender
+from operators.catalog import CatalogIndex
+from operators.recommender import ModelParams
+from operators.user_state import UserState
+
+pytestmark = pytest.mark.unit
+
+KW = dict(max_centroids=2, open_threshold=0.5, alpha=0.3, half_life_ms=1e12)
+
+
+def unit(v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_centroids_open_move_replace_and_push_away():
+    c, m = np.zeros((0, 2), np.float32), np.zeros(0, np.float32)
+    c, m = interests.update_centroids(c, m, unit([1, 0]), 1.0, 0, **KW)
+    c, m = interests.update_centroids(c, m, unit([1, 0.2]), 1.0, 0, **KW)  # near: moves
+    assert c.shape == (1, 2) and m[0] == pytest.approx(2.0) and c[0, 1] > 0
+    c, m = interests.update_centroids(c, m, unit([0, 1]), 0.5, 0, **KW)  # far: opens
+    assert c.shape == (2, 2)
+    c, m = interests.update_centroids(c, m, unit([-1, -1]), 1.0, 0, **KW)  # full: replaces
+    assert c.shape == (2, 2) and np.any(c @ unit([-1, -1]) > 0.99)
+    assert m.min() >= 0.99  # the light centroid (0.5) was the one replaced
+    before = c.copy()
+    c2, m2 = interests.update_centroids(c, m, unit([-1, -1]), -0.5, 0, **KW)  # pushed away
+    assert float((c2 @ unit([-1, -1])).max()) < float((before @ unit([-1, -1])).max())
+    np.testing.assert_allclose(np.linalg.norm(c2, axis=1), 1.0, atol=1e-5)
+
+
+def test_content_score_is_best_centroid():
+    cents = np.stack([unit([1, 0]), unit([0, 1])])
+    items = np.stack([unit([1, 0]), unit([0, 1]), unit([-1, 0])])
+    np.testing.assert_allclose(interests.content_scores(cents, items), [1, 1, 0], atol=1e-6)
+    assert not interests.content_scores(np.zeros((0, 2), np.float32), items).any()
+
+
+def test_pairwise_update_prefers_the_engaged_item_and_stays_near_prior():
+    prior = np.array([1.0, 1.0])
+    w = prior.copy()
+    pos, neg = np.array([1.0, 0.0]), np.array([[0.0, 1.0]])
+    for _ in range(50):
+        w = fusion.pairwise_update(w, pos, neg, lr=0.1, l2=0.1, prior=prior)
+    assert w[0] > prior[0] and w[1] < prior[1]
+    assert np.all(np.abs(w - prior) < 5)  # regularised
+    assert np.array_equal(fusion.pairwise_update(w, pos, np.zeros((0, 2)), 0.1, 0.1), w)
+
+
+def test_mmr_limits():
+    rel = np.array([1.0, 0.99, 0.5])
+    vecs = np.stack([unit([1, 0]), unit([1, 0.01]), unit([0, 1])])
+    assert diversity.mmr(rel, vecs, 2, 1.0) == [0, 1]  # pure relevance
+    assert diversity.mmr(rel, vecs, 2, 0.5) == [0, 2]  # the near-duplicate gives way
+    assert diversity.mmr(rel, vecs, 5, 0.3) == [0, 2, 1]
+    assert diversity.mmr(rel[:0], vecs[:0], 3, 0.5) == []
+
+
+def test_metrics_worked_examples():
+    ranked = ["a", "b", "c"]
+    assert metrics.hit_at_k(ranked, "a", 3) == 1.0
+    assert metrics.hit_at_k(ranked, "c", 2) == 0.0
+    assert metrics.ndcg_at_k(ranked, "a", 3) == 1.0
+    assert metrics.ndcg_at_k(ranked, "b", 3) == pytest.approx(1 / math.log2(3))
+    assert metrics.ndcg_at_k(ranked, "z", 3) == 0.0
+    assert metrics.reciprocal_rank(ranked, "c", 3) == pytest.approx(1 / 3)
+    same = np.stack([unit([1, 0])] * 3)
+    assert metrics.intra_list_diversity(same) == pytest.approx(0.0, abs=1e-6)
+    ortho = np.stack([unit([1, 0]), unit([0, 1])])
+    assert metrics.intra_list_diversity(ortho) == pytest.approx(1.0)
+    assert metrics.catalog_coverage({1, 2}, 8) == 0.25
+
+
+def test_cooc_pairs_and_bounded_counts():
+    assert recommender.cooc_pairs(["a", "b", "c"], "c") == [("a", "c"), ("c", "a"),
+                                                            ("b", "c"), ("c", "b")]
+    counts = {}
+    for y in ["x"] * 5 + ["y"] * 3 + list("abcdefg"):
+        recommender.cooc_add(counts, y, max_neighbours=3)
+    assert counts["x"] == 5 and counts["y"] == 3 and len(counts) <= 6
+
+
+def small_catalog():
+    cat = CatalogIndex()
+    for i, v in enumerate([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.9, 0.1], [0, 0, 1]]):
+        cat.upsert(f"i{i}", f"Title {i}", unit(v))
+    return cat
+
+
+def test_cooc_scores_follow_history_neighbours():
+    cat = small_catalog()
+    for x in ("i0", "i2", "i4"):
+        cat.set_popularity(x, 0.0, 4.0)
+    cat.set_neighbours("i0", {"i4": 3.0, "i2": 1.0})
+    st = UserState.empty(3)
+    st.history = ["i0"]
+    s = recommender.cooc_scores(st, cat, ModelParams(event_weights={}))
+    assert s[cat.row["i4"]] > s[cat.row["i2"]] > 0 and s[cat.row["i1"]] == 0
+
+
+def test_rank_explains_and_excludes_seen():
+    cat = small_catalog()
+    p = ModelParams(k=3, event_weights={"like": 1.0}, fusion_weights=(1.0, 1.0, 0.1, 0.0),
+                    mmr_lambda=1.0)
+    st = UserState.empty(3)
+    assert recommender.apply_event(st, cat, p, "i0", 1.0, 1000)
+    st.mark_seen("i0", 100, 10)
+    cat.set_neighbours("i0", {"i4": 5.0})
+    cat.set_popularity("i4", 0.0, 5.0)
+    cat.set_popularity("i0", 0.0, 5.0)
+    out = recommender.rank(st, cat, p, 2000)
+    ids = [cat.ids[r] for r in out.rows]
+    assert "i0" not in ids and len(ids) == 3
+    assert set(ids[:2]) == {"i1", "i4"}
+    why = dict(zip(ids, out.reasons))
+    assert why["i1"] == "similar to Title 0"
+    assert why["i4"] == "often liked after Title 0"
+    assert not recommender.apply_event(st, cat, p, "unknown", 1.0, 3000)
+
+
+def test_learning_moves_weights_towards_the_signal_that_predicted_the_choice():
+    cat = small_catalog()
+    p = ModelParams(k=2, event_weights={"like": 1.0}, learning_rate=0.5, l2=0.0)
+    st = UserState.empty(3)
+    recommender.apply_event(st, cat, p, "i0", 1.0, 1000)
+    st.mark_seen("i0", 100, 10)
+    st.shown = ["i1", "i3"]  # content-similar i1 was shown; the user chose i4 instead
+    cat.set_neighbours("i0", {"i4": 5.0})
+    cat.set_popularity("i4", 0.0, 5.0)
+    cat.set_popularity("i0", 0.0, 5.0)
+    recommender.apply_event(st, cat, p, "i4", 1.0, 2000)
+    w = st.weights
+    assert w is not None
+    assert w[recommender.F_COOC] > p.prior[recommender.F_COOC]
+    assert w[recommender.F_CONTENT] < p.prior[recommender.F_CONTENT]
