@@ -69,7 +69,14 @@ def _progress(total: int):
 
 def run_eval(settings: Settings, data_dir: str, limit: Optional[int] = None,
              out_dir: str = ".run/eval", methods: tuple = METHODS, progress: bool = True,
-             checkpoints: int = 20) -> dict:
+             checkpoints: int = 20, mirror_job: bool = False) -> dict:
+    """Evaluate; returns the summary (also written to ``out_dir``/eval.json with the curve).
+
+    With ``mirror_job`` the streamrank method also does what the job does after every event
+    (rank, remember the list as shown) and the result carries ``final_rankings``: each user's
+    list after their last event, as the job emitted it. Slower; used to check the job against
+    this evaluation.
+    """
     from udfs.embedding import CachedEmbedder
     from udfs.warmup import warm_cache
 
@@ -99,6 +106,8 @@ def run_eval(settings: Settings, data_dir: str, limit: Optional[int] = None,
     recommended = {m: set() for m in methods}
     curve = {m: [] for m in methods}
     n_eval = 0
+    last_index = {ev["user_id"]: i for i, ev in enumerate(events)} if mirror_job else {}
+    final_rankings: dict[str, list[str]] = {}
     mark_every = max(1, len(events) // checkpoints)
     bar = _progress(len(events)) if progress else None
     t0 = time.perf_counter()
@@ -112,11 +121,14 @@ def run_eval(settings: Settings, data_dir: str, limit: Optional[int] = None,
         cooc = None
         if target_row is not None and (positive or weight > 0):
             cooc = recommender.cooc_scores(st, cat, p)
-        if "streamrank" in methods and target_row is not None and (positive or weight > 0):
+        if ("streamrank" in methods and target_row is not None and (positive or weight > 0)
+                and not mirror_job):
             # What the user was shown before this event: the job emitted it after the user's
             # previous event. It is both the evaluated list and the learner's negatives.
             sr_rows = recommender.rank(st, cat, p, ts, explain=False, cooc=cooc).rows
             st.shown = [cat.ids[r] for r in sr_rows]
+        elif positive and target_row is not None and "streamrank" in methods:
+            sr_rows = [cat.row[x] for x in st.shown if x in cat.row]
         if positive and target_row is not None:
             n_eval += 1
             exclude = cat.exclusion_mask(st.seen)
@@ -139,17 +151,25 @@ def run_eval(settings: Settings, data_dir: str, limit: Optional[int] = None,
                 acc["mrr@10"] += metrics.reciprocal_rank(rows, target_row, k)
                 acc["ild"] += metrics.intra_list_diversity(mat[rows])
                 recommended[m].update(rows)
-        # Apply the event: item statistics (with the history before this event), then users.
-        stats.apply(list(st.history), item, ev["type"], weight, ts)
+        # Apply the event to the user, then to the item statistics (with the user's history
+        # before this event): in the job the statistics reach the ranker by broadcast, after
+        # the ranker has handled the event itself.
+        prev_history = list(st.history)
         if target_row is not None:
             if "streamrank" in methods:
-                recommender.apply_event(st, cat, p, item, weight, ts, cooc=cooc)
+                recommender.apply_event(st, cat, p, item, weight, ts,
+                                        cooc=None if mirror_job else cooc)
             vec = single.get(user)
             base = vec if vec is not None else np.zeros(cat.dim, np.float32)
             single[user] = ranking.update_interest(
                 base, cat.vector(item), weight, ts - last_ts.get(user, ts), p.alpha,
                 p.half_life_ms)
         st.mark_seen(item, p.max_seen, p.history_size)
+        if mirror_job and "streamrank" in methods:
+            st.shown = [cat.ids[r] for r in recommender.rank(st, cat, p, ts, explain=False).rows]
+            if last_index[user] == idx:
+                final_rankings[user] = list(st.shown)
+        stats.apply(prev_history, item, ev["type"], weight, ts)
         users[user] = st
         last_ts[user] = ts
         if (idx + 1) % mark_every == 0 and n_eval:
@@ -177,6 +197,8 @@ def run_eval(settings: Settings, data_dir: str, limit: Optional[int] = None,
     (out / "eval.json").write_text(json.dumps({**result, "curve": curve}, indent=2))
     _plot(curve, out / "eval.png", result)
     result["json"], result["plot"] = str(out / "eval.json"), str(out / "eval.png")
+    if mirror_job:
+        result["final_rankings"] = final_rankings
     return result
 
 
