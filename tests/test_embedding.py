@@ -61,3 +61,36 @@ def test_warm_cache_reports_and_skips_cached_items(tmp_path):
     assert (first["items"], first["embedded"], first["cached"]) == (3, 3, 0)
     second = warm_cache(items, model, progress=False)
     assert (second["embedded"], second["cached"]) == (0, 3)
+
+
+def _read_shared_cache(path, queue):
+    from udfs.embedding import EmbeddingCache
+
+    cache = EmbeddingCache(path)
+    try:
+        vec = cache.get("m", "t")
+        cache.put("m", "new", np.ones(3))  # silently not persisted: read-only
+        queue.put(None if vec is None else vec.tolist())
+    finally:
+        cache.close()
+
+
+@pytest.mark.unit
+def test_cache_held_by_another_process_opens_read_only(tmp_path):
+    import multiprocessing as mp
+
+    from udfs.embedding import EmbeddingCache
+
+    holder = EmbeddingCache(tmp_path / "c")
+    try:
+        holder.put("m", "t", np.arange(3, dtype=np.float32))
+        holder._db.flush()
+        queue = mp.get_context("spawn").Queue()
+        proc = mp.get_context("spawn").Process(target=_read_shared_cache,
+                                               args=(str(tmp_path / "c"), queue))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == 0
+        assert queue.get(timeout=5) == [0.0, 1.0, 2.0]
+    finally:
+        holder.close()

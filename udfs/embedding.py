@@ -106,16 +106,27 @@ class _SharedStore:
 
     @classmethod
     def acquire(cls, path: str):
-        from rocksdict import Rdict
+        """The store at ``path``; read-only when another process holds it (e.g. `eval` while
+        the job runs): lookups work, new vectors are then not persisted."""
+        from rocksdict import AccessType, Rdict
 
         with cls._lock:
             entry = cls._open.get(path)
             if entry is None:
                 os.makedirs(path, exist_ok=True)
-                entry = [Rdict(path), 0]
+                try:
+                    db = Rdict(path)
+                except Exception as exc:  # rocksdict raises a bare Exception for the lock
+                    if "lock" not in str(exc).lower():
+                        raise
+                    log.warning("embedding cache %s is in use by another process; opening "
+                                "it read-only (new embeddings will not be cached)", path)
+                    entry = [Rdict(path, access_type=AccessType.read_only()), 0, True]
+                else:
+                    entry = [db, 0, False]
                 cls._open[path] = entry
             entry[1] += 1
-            return entry[0]
+            return entry[0], entry[2]
 
     @classmethod
     def release(cls, path: str) -> None:
@@ -134,13 +145,15 @@ class EmbeddingCache:
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(Path(path).resolve())
-        self._db = _SharedStore.acquire(self.path)
+        self._db, self.read_only = _SharedStore.acquire(self.path)
 
     def get(self, model_id: str, text: str) -> Optional[np.ndarray]:
         raw = self._db.get(cache_key(model_id, text))
         return None if raw is None else np.frombuffer(raw, dtype=np.float32)
 
     def put(self, model_id: str, text: str, vector: np.ndarray) -> None:
+        if self.read_only:
+            return
         self._db[cache_key(model_id, text)] = np.asarray(vector, np.float32).tobytes()
 
     def close(self) -> None:
