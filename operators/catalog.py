@@ -110,9 +110,12 @@ class CatalogIndex:
         cached = self._nbr_arrays.get(item_id)
         if cached is None:
             nbrs = self.neighbours.get(item_id, {})
-            pairs = [(self.row[y], c) for y, c in nbrs.items() if y in self.row]
-            rows = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
-            counts = np.fromiter((p[1] for p in pairs), np.float64, len(pairs))
+            get = self.row.get
+            rows = np.array([get(y, -1) for y in nbrs], dtype=np.int64)
+            counts = np.array(list(nbrs.values()), dtype=np.float64)
+            known = rows >= 0
+            if not known.all():
+                rows, counts = rows[known], counts[known]
             cached = self._nbr_arrays[item_id] = (rows, counts)
         return cached
 

@@ -328,30 +328,48 @@ class UserHistory(KeyedProcessFunction, _LoggedOpen):
 
 class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
     """Co-occurrence pairs keyed by item -> the item's neighbour counts for the broadcast
-    (the heaviest ``max_neighbours``), at most once per ``popularity_emit_interval_ms``."""
+    (the heaviest ``max_neighbours``), at most once per ``popularity_emit_interval_ms``.
+
+    Counts live in a MapState so one pair costs one increment, not a rewrite of the item's
+    whole neighbour list; the list is assembled only when it is emitted.
+    """
 
     def __init__(self, ranking_cfg: RankingSettings):
         self.cfg = ranking_cfg
 
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "cooccurrence")
-        self.counts = ctx.get_state(ValueStateDescriptor("neighbours", Types.STRING()))
+        self.counts = ctx.get_map_state(
+            MapStateDescriptor("neighbour-counts", Types.STRING(), Types.DOUBLE()))
+        self.size = ctx.get_state(ValueStateDescriptor("neighbour-n", Types.INT()))
         self.timer_set = ctx.get_state(ValueStateDescriptor("emit-pending", Types.BOOLEAN()))
 
+    def _neighbours(self) -> dict[str, float]:
+        return {k: v for k, v in self.counts.items()}
+
     def process_element(self, pair, ctx) -> Iterable:
-        raw = self.counts.value()
-        counts = json.loads(raw) if raw else {}
-        recommender.cooc_add(counts, pair[1], self.cfg.max_neighbours)
-        encoded = json.dumps(counts, separators=(",", ":"))
-        self.counts.update(encoded)
+        neighbour = pair[1]
+        current = self.counts.get(neighbour)
+        self.counts.put(neighbour, (current or 0.0) + 1.0)
+        if current is None:
+            size = (self.size.value() or 0) + 1
+            if size > 2 * self.cfg.max_neighbours:  # same rule as recommender.cooc_add
+                kept = self._neighbours()
+                recommender.cooc_prune(kept, self.cfg.max_neighbours)
+                self.counts.clear()
+                self.counts.put_all(kept)
+                size = len(kept)
+            self.size.update(size)
         if self._schedule(ctx, self.cfg.popularity_emit_interval_ms):
-            yield Row("nbrs", pair[0], "", None, None, None, encoded)
+            yield Row("nbrs", pair[0], "", None, None, None,
+                      json.dumps(self._neighbours(), separators=(",", ":")))
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
         self.timer_set.clear()
-        raw = self.counts.value()
-        if raw:
-            yield Row("nbrs", ctx.get_current_key(), "", None, None, None, raw)
+        neighbours = self._neighbours()
+        if neighbours:
+            yield Row("nbrs", ctx.get_current_key(), "", None, None, None,
+                      json.dumps(neighbours, separators=(",", ":")))
 
 
 _TITLE_LEN = struct.Struct("<I")

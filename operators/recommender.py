@@ -241,6 +241,11 @@ def cooc_add(counts: dict[str, float], neighbour: str, max_neighbours: int) -> N
     """Count one co-occurrence; past twice the bound, keep only the top ``max_neighbours``."""
     counts[neighbour] = counts.get(neighbour, 0.0) + 1.0
     if len(counts) > 2 * max_neighbours:
-        keep = sorted(counts.items(), key=lambda kv: -kv[1])[:max_neighbours]
-        counts.clear()
-        counts.update(keep)
+        cooc_prune(counts, max_neighbours)
+
+
+def cooc_prune(counts: dict[str, float], max_neighbours: int) -> None:
+    """Keep the ``max_neighbours`` heaviest neighbours (ties in the mapping's order)."""
+    keep = sorted(counts.items(), key=lambda kv: -kv[1])[:max_neighbours]
+    counts.clear()
+    counts.update(keep)
