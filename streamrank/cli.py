@@ -146,11 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", parents=[common],
                        help="everything end to end: Kafka, job, replay, live rankings")
     s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
-    s.add_argument("--limit", type=int, default=_env_int("DEMO_LIMIT", 10000),
-                   help="replay the first N events in time order; 0 = all (default 10000; "
+    s.add_argument("--limit", type=int, default=_env_int("DEMO_LIMIT", 5000),
+                   help="replay the first N events in time order; 0 = all (default 5000; "
                         "env: DEMO_LIMIT)")
-    s.add_argument("--rate", type=float, default=float(os.environ.get("DEMO_RATE") or 100),
-                   help="events per second; 0 = as fast as possible (default 100, below the "
+    s.add_argument("--rate", type=float, default=float(os.environ.get("DEMO_RATE") or 50),
+                   help="events per second; 0 = as fast as possible (default 50, below the "
                         "job's throughput on 2 cores, so latency shows processing rather "
                         "than queueing; env: DEMO_RATE)")
     s.add_argument("--keep-kafka", action="store_true",
