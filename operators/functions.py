@@ -26,13 +26,12 @@ from pyflink.datastream.functions import (
 )
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
-from operators import ranking, recommender
+from operators import recommender
 from operators.catalog import CatalogIndex
 from operators.recommender import ModelParams
 from operators.user_state import PendingEvent, UserState, push_recent
 from streamrank.config import ModelSettings, RankingSettings, ValidationSettings
 from streamrank.messages import (
-    CONTROL_TYPES,
     InvalidRecord,
     dlq_record,
     parse_event,
@@ -274,17 +273,13 @@ class ItemStats(KeyedProcessFunction, _LoggedOpen, _Throttled):
         self.timer_set = ctx.get_state(ValueStateDescriptor("emit-pending", Types.BOOLEAN()))
 
     def process_element(self, ev, ctx) -> Iterable:
-        if ev["type"] in CONTROL_TYPES:
-            return
-        w = self.p.weight(ev["type"], ev["value"])
-        if not self.p.counts_as_consumption(ev["type"], w):
-            return
         raw = self.stats.value()
-        log_pop, count = _STATS.unpack(raw) if raw is not None else (-math.inf, 0.0)
-        if w > 0:
-            log_pop = ranking.popularity_update(log_pop, w, ev["ts"],
-                                                self.p.popularity_half_life_ms)
-        count += 1.0
+        updated = recommender.item_stats_update(
+            *(_STATS.unpack(raw) if raw is not None else (-math.inf, 0.0)), ev["type"],
+            self.p.weight(ev["type"], ev["value"]), ev["ts"], self.p)
+        if updated is None:
+            return
+        log_pop, count = updated
         self.stats.update(_STATS.pack(log_pop, count))
         if self._schedule(ctx, self.cfg.popularity_emit_interval_ms):
             yield Row("pop", ev["item_id"], "", None, log_pop, count, None)

@@ -227,6 +227,17 @@ def apply_event(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: st
     return True
 
 
+def item_stats_update(log_pop: float, count: float, event_type: str, weight: float, ts: int,
+                      p: ModelParams) -> Optional[tuple[float, float]]:
+    """An item's (trending log-popularity, interaction count) after one event, or None when
+    the event does not count for item statistics (explicit negatives, control events)."""
+    if not p.counts_as_consumption(event_type, weight):
+        return None
+    if weight > 0:
+        log_pop = ranking.popularity_update(log_pop, weight, ts, p.popularity_half_life_ms)
+    return log_pop, count + 1.0
+
+
 def cooc_pairs(history: Sequence[str], item_id: str) -> list[tuple[str, str]]:
     """Co-occurrence pairs from one interaction: (x, item) and (item, x) for each recent x."""
     pairs = []

@@ -101,8 +101,11 @@ def run_demo(settings: Settings, data_dir: str, limit: Optional[int] = None,
         shower = threading.Thread(target=show_live, daemon=True)
         shower.start()
         t_replay = time.monotonic()
+        def remember(rec: dict, produce_ms: int) -> None:
+            produced[rec["event_id"]] = produce_ms
+
         n = produce(producer, settings.kafka.topics.events, events, "user_id", rate=rate,
-                    desc="events", on_sent=lambda rec, ms: produced.__setitem__(rec["event_id"], ms))
+                    desc="events", on_sent=remember)
         replay_s = time.monotonic() - t_replay
 
         prefix = f"demo{stamp}-"

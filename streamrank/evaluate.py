@@ -47,12 +47,11 @@ class ItemStatistics:
 
     def apply(self, history: list[str], item_id: str, event_type: str, weight: float,
               ts: int) -> None:
-        if self.p.counts_as_consumption(event_type, weight):
-            if weight > 0:
-                self.log_pop[item_id] = ranking.popularity_update(
-                    self.log_pop[item_id], weight, ts, self.p.popularity_half_life_ms)
-            self.counts[item_id] += 1.0
-            self.cat.set_popularity(item_id, self.log_pop[item_id], self.counts[item_id])
+        updated = recommender.item_stats_update(self.log_pop[item_id], self.counts[item_id],
+                                                event_type, weight, ts, self.p)
+        if updated is not None:
+            self.log_pop[item_id], self.counts[item_id] = updated
+            self.cat.set_popularity(item_id, *updated)
             touched = set()
             for x, y in recommender.cooc_pairs(history, item_id):
                 recommender.cooc_add(self.cooc[x], y, self.max_neighbours)

@@ -47,7 +47,8 @@ def write_movielens(d, movies, ratings, tags=()):
 
 def test_movielens_layout_to_items_and_time_ordered_events(tmp_path):
     write_movielens(tmp_path,
-                    [(1, "Toy Story (1995)", "Animation|Children"), (2, "Odd", "(no genres listed)")],
+                    [(1, "Toy Story (1995)", "Animation|Children"),
+                     (2, "Odd", "(no genres listed)")],
                     [(1, 2, 4.0, 300), (2, 1, 5.0, 100), (1, 1, 2.5, 200)],
                     [(1, 1, "pixar", 1), (2, 1, "Pixar", 2), (2, 1, "fun", 3)])
     items = read_items(tmp_path, now_ms=5)
