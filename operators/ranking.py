@@ -48,12 +48,17 @@ def update_interest(user_vec: np.ndarray, item_vec: np.ndarray, weight: float, d
         u' = decay(dt) * u
         u  = u' + alpha * weight * (e_item - u')
 
-    Vectors are float32; the result is a new array.
+    Negative steps scale ``u`` up, so the result is capped at unit norm (cosine scoring does
+    not see the scale; repeated negatives would otherwise overflow). Vectors are float32;
+    the result is a new array.
     """
     u = user_vec.astype(np.float32, copy=True)
     u *= np.float32(decay_factor(dt_ms, half_life_ms))
     step = np.float32(alpha * weight)
     u += step * (item_vec.astype(np.float32, copy=False) - u)
+    norm = float(np.linalg.norm(u))
+    if norm > 1.0:
+        u /= np.float32(norm)
     return u
 
 

@@ -43,11 +43,11 @@ class ModelParams:
     centroid_open_threshold: float = 0.5
     alpha: float = 0.3
     half_life_ms: float = 720 * ranking.MS_PER_HOUR
-    popularity_half_life_ms: float = 168 * ranking.MS_PER_HOUR
+    popularity_half_life_ms: float = 1.0e9 * ranking.MS_PER_HOUR
     history_size: int = 30
     history_decay: float = 0.9
-    fusion_weights: tuple = (0.02, 1.0, 0.04, 0.0)
-    learning_rate: float = 0.05
+    fusion_weights: tuple = (0.02, 1.0, 0.0, 0.04)
+    learning_rate: float = 0.001
     l2: float = 0.1
     mmr_lambda: float = 0.9
     mmr_candidates: int = 50

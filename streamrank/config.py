@@ -85,7 +85,7 @@ class RankingSettings:
     )
     rating_neutral: float = 3.0
     rating_scale: float = 2.0
-    popularity_half_life_hours: float = 168.0
+    popularity_half_life_hours: float = 1.0e9
     popularity_emit_interval_ms: int = 1000
     max_seen: int = 5000
     max_pending: int = 100
@@ -96,9 +96,9 @@ class RankingSettings:
     max_neighbours: int = 200
     cooc_positive_only: bool = False
     fusion_weights: Mapping[str, float] = field(
-        default_factory=lambda: {"content": 0.02, "cooc": 1.0, "popularity": 0.04,
-                                 "trending": 0.0})
-    learning_rate: float = 0.05
+        default_factory=lambda: {"content": 0.02, "cooc": 1.0, "popularity": 0.0,
+                                 "trending": 0.04})
+    learning_rate: float = 0.001
     l2: float = 0.1
     mmr_lambda: float = 0.9
     mmr_candidates: int = 50

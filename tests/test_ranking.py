@@ -46,6 +46,14 @@ def test_positive_update_moves_towards_item_negative_away():
     assert u[0] == pytest.approx(1.0)  # input not modified
 
 
+def test_repeated_negative_feedback_stays_finite():
+    u = unit([1, 0])
+    for _ in range(10_000):
+        u = ranking.update_interest(u, unit([0.6, 0.8]), -1.0, 0, alpha=0.3, half_life_ms=1e9)
+    assert np.all(np.isfinite(u)) and np.linalg.norm(u) <= 1.0 + 1e-6
+    assert float(u @ unit([0.6, 0.8])) < 0  # pushed away from the disliked item
+
+
 def test_old_interest_fades_with_time():
     u = unit([1, 0])
     e = unit([0, 1])
