@@ -155,6 +155,9 @@ def rank(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     """The user's top-k: fused scores, seen and deleted items excluded, MMR diversity."""
     if cat.size == 0:
         return Ranked([], [], [])
+    per_item = None
+    if explain:  # one co-occurrence pass serves both the scores and the reasons
+        cooc, per_item = cooc_scores(state, cat, p, contributions=True)
     feats = features(state, cat, p, now_ts, cooc=cooc)
     w = user_weights(state, p)
     scores = fusion.fuse(feats, w)
@@ -164,16 +167,19 @@ def rank(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
         return Ranked([], [], [])
     picked = diversity.mmr(scores[pool], cat.live_matrix()[pool], p.k, p.mmr_lambda)
     rows = [int(pool[i]) for i in picked]
-    reasons = explain_rows(state, cat, p, rows, feats, w) if explain else [""] * len(rows)
+    reasons = (explain_rows(state, cat, p, rows, feats, w, per_item) if explain
+               else [""] * len(rows))
     return Ranked(rows, [float(scores[r]) for r in rows], reasons)
 
 
 def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequence[int],
-                 feats: np.ndarray, w: np.ndarray) -> list[str]:
-    """A short reason per ranked row, from the signal that contributed most to its score."""
+                 feats: np.ndarray, w: np.ndarray, per_item=None) -> list[str]:
+    """A short reason per ranked row, from the signal that contributed most to its score.
+    ``per_item``: the co-occurrence contributions from ``cooc_scores(contributions=True)``."""
     out = []
     hist_rows = [cat.row[x] for x in state.history if x in cat.row]
-    _, per_item = cooc_scores(state, cat, p, contributions=True)
+    if per_item is None:
+        _, per_item = cooc_scores(state, cat, p, contributions=True)
     for r in rows:
         contrib = feats[r] * w
         best = int(np.argmax(contrib))

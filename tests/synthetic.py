@@ -42,14 +42,17 @@ def write_dataset(root: Path, users_per_genre: int = 8, ratings_per_user: int = 
     rng.shuffle(ratings)
     for i, r in enumerate(ratings):
         r.append(1_000_000_000 + 60 * i)
-    with open(root / "movies.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["movieId", "title", "genres"])
-        w.writerows(movies)
-    with open(root / "ratings.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["userId", "movieId", "rating", "timestamp"])
-        w.writerows(ratings)
-    with open(root / "tags.csv", "w", newline="") as f:
-        csv.writer(f).writerow(["userId", "movieId", "tag", "timestamp"])
+    write_movielens(root, movies, ratings)
     return root
+
+
+def write_movielens(root: Path, movies, ratings, tags=()) -> None:
+    """Write rows in the MovieLens CSV layout (movies.csv, ratings.csv, tags.csv)."""
+    for name, header, rows in (("movies.csv", ["movieId", "title", "genres"], movies),
+                               ("ratings.csv", ["userId", "movieId", "rating", "timestamp"],
+                                ratings),
+                               ("tags.csv", ["userId", "movieId", "tag", "timestamp"], tags)):
+        with open(root / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)

@@ -1,9 +1,8 @@
-import csv
-
 import pytest
 
 from streamrank.config import ConfigError, load_settings, parse_set_args
 from streamrank.replay import read_events, read_items
+from tests.synthetic import write_movielens
 
 pytestmark = pytest.mark.unit
 
@@ -28,21 +27,6 @@ def test_bad_config_is_a_clear_error(tmp_path):
         load_settings(overrides={"ranking.k": "ten"}, environ={})
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_set_args(["oops"])
-
-
-def write_movielens(d, movies, ratings, tags=()):
-    with open(d / "movies.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["movieId", "title", "genres"])
-        w.writerows(movies)
-    with open(d / "ratings.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["userId", "movieId", "rating", "timestamp"])
-        w.writerows(ratings)
-    with open(d / "tags.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["userId", "movieId", "tag", "timestamp"])
-        w.writerows(tags)
 
 
 def test_movielens_layout_to_items_and_time_ordered_events(tmp_path):
