@@ -91,7 +91,7 @@ def run_demo(settings: Settings, data_dir: str, limit: Optional[int] = None,
         def show_live() -> None:
             shown = set()
             while not stop_showing.wait(4.0):
-                recs = [r for r in list(rankings.latest.values())
+                recs = [r for r in rankings.latest_rankings()
                         if r["user_id"] not in shown and len(r["items"]) >= 3]
                 if recs:
                     rec = max(recs, key=lambda r: r["emitted_ts"])
@@ -123,18 +123,17 @@ def run_demo(settings: Settings, data_dir: str, limit: Optional[int] = None,
 
         latencies = []
         n_rankings = 0
-        for event_id, received in list(rankings.by_event.items()):
-            if event_id.startswith(prefix):
-                n_rankings += len(received)
-                latencies.append(received[0] - produced[event_id])
+        for event_id, received in rankings.receive_times(prefix).items():
+            n_rankings += len(received)
+            latencies.append(received[0] - produced[event_id])
         lat = np.array(latencies, dtype=np.float64)
         p50 = float(np.percentile(lat, 50)) if lat.size else float("nan")
         p99 = float(np.percentile(lat, 99)) if lat.size else float("nan")
 
         sample_users = list(dict.fromkeys(e["user_id"] for e in reversed(events)))[:3]
+        finals = [rankings.ranking(u) for u in sample_users]
         _say("final rankings of the last active users\n" + "\n".join(
-            format_ranking(rankings.latest[u], titles) for u in sample_users
-            if u in rankings.latest))
+            format_ranking(rec, titles) for rec in finals if rec is not None))
         result = {"events": n, "rankings": n_rankings, "dlq": dlq.count(),
                   "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
                   "replay_s": round(replay_s, 1),

@@ -13,7 +13,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 MAX_TAGS_PER_ITEM = 20
 
@@ -120,7 +120,3 @@ def produce(producer, topic: str, records: list[dict], key_field: str,
     producer.flush()
     return n
 
-
-def iter_batches(seq: list, size: int) -> Iterator[list]:
-    for i in range(0, len(seq), size):
-        yield seq[i:i + size]

@@ -150,6 +150,16 @@ class RankingsReader(TopicReader):
         with self._lock:
             return self.latest.get(user_id)
 
+    def latest_rankings(self) -> list[dict]:
+        """A snapshot of every user's latest ranking (the reader thread keeps writing)."""
+        with self._lock:
+            return list(self.latest.values())
+
+    def receive_times(self, prefix: str = "") -> dict[str, list[int]]:
+        """A snapshot of event_id -> receive times, for event ids starting with ``prefix``."""
+        with self._lock:
+            return {e: list(t) for e, t in self.by_event.items() if e.startswith(prefix)}
+
     def seen_events(self, prefix: str = "") -> int:
         with self._lock:
             return sum(1 for e in self.by_event if e.startswith(prefix))
