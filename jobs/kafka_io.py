@@ -20,7 +20,8 @@ def _quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _with(options: dict) -> str:
+def sql_options(options: dict) -> str:
+    """The body of a ``WITH (...)`` clause."""
     return ",\n  ".join(f"{_quote(k)} = {_quote(v)}" for k, v in options.items())
 
 
@@ -36,6 +37,8 @@ def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: st
         # Resume from the group's committed offsets; without any, start as configured.
         "scan.startup.mode": "group-offsets",
         "properties.auto.offset.reset": kafka.starting_offsets,
+        # Never read what a transactional producer aborted (or has not committed yet).
+        "properties.isolation.level": "read_committed",
         "key.format": "raw",
         "key.fields": "key",
         "value.format": "raw",
@@ -50,7 +53,7 @@ def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: st
           `offset` BIGINT METADATA VIRTUAL,
           `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
         ) WITH (
-          {_with(options)}
+          {sql_options(options)}
         )""")
     return t_env.to_data_stream(t_env.from_path(table))
 
@@ -85,7 +88,7 @@ def keyed_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
                     "value.fields-include": "EXCEPT_KEY"})
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE `{table}` (`k` BYTES, `v` BYTES) WITH (
-          {_with(options)}
+          {sql_options(options)}
         )""")
     return table
 
@@ -95,6 +98,6 @@ def value_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
     """A sink table taking rows ``(v)`` written as key-less records."""
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE `{table}` (`v` BYTES) WITH (
-          {_with(_sink_options(kafka, topic, table))}
+          {sql_options(_sink_options(kafka, topic, table))}
         )""")
     return table

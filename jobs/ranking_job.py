@@ -46,7 +46,7 @@ from operators.functions import (  # noqa: E402
 )
 from streamrank.config import Settings, load_settings, parse_set_args  # noqa: E402
 from streamrank.runtime import flink_configuration, prepare_process_environment  # noqa: E402
-from udfs.embedding import resolve_model  # noqa: E402
+from udfs.embedding import model_id_for  # noqa: E402
 
 log = logging.getLogger("streamrank.job")
 
@@ -71,7 +71,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
                    settings: Settings) -> None:
     """Wire sources, operators and sinks into ``env`` (execution is the caller's)."""
     kafka, topics = settings.kafka, settings.kafka.topics
-    model_id, _ = resolve_model(settings.model.name_or_path)
+    model_id = model_id_for(settings.model.name_or_path, settings.model.precision)
     buckets = EMBED_BUCKETS_PER_SUBTASK * settings.flink.parallelism
 
     items = (
@@ -108,7 +108,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     rankings = (
         events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
         .connect(catalog_broadcast)
-        .process(RankUsers(settings.ranking, model_id), output_type=KEYED_RECORD_TYPE)
+        .process(RankUsers(settings.ranking, model_id, topics.events),
+                 output_type=KEYED_RECORD_TYPE)
         .name("rank-users").uid("rank-users")
     )
 
@@ -116,9 +117,11 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     statements.add_insert(
         kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
         t_env.from_data_stream(rankings))
+    # Dead letters: bad records from parsing, plus held events the ranker could not apply.
     statements.add_insert(
         kafka_io.value_sink(t_env, kafka, topics.events_dlq, "events_dlq_sink"),
-        t_env.from_data_stream(events.get_side_output(DLQ_TAG)))
+        t_env.from_data_stream(events.get_side_output(DLQ_TAG)
+                               .union(rankings.get_side_output(DLQ_TAG))))
     statements.add_insert(
         kafka_io.value_sink(t_env, kafka, topics.items_dlq, "items_dlq_sink"),
         t_env.from_data_stream(items.get_side_output(DLQ_TAG)))

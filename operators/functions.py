@@ -28,6 +28,7 @@ from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, Va
 
 from operators import recommender
 from operators.catalog import CatalogIndex
+from operators.flink_metrics import LatencyWindow, OperatorMetrics
 from operators.recommender import ModelParams
 from operators.user_state import PendingEvent, UserState, push_recent
 from streamrank.config import ModelSettings, RankingSettings, ValidationSettings
@@ -43,10 +44,11 @@ log = logging.getLogger("streamrank.operators")
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 
+# ``partition``/``offset`` locate the source record, for dead letters raised downstream.
 EVENT_TYPE = Types.ROW_NAMED(
-    ["event_id", "user_id", "item_id", "type", "value", "ts"],
+    ["event_id", "user_id", "item_id", "type", "value", "ts", "partition", "offset"],
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.DOUBLE(),
-     Types.LONG()],
+     Types.LONG(), Types.INT(), Types.LONG()],
 )
 ITEM_TYPE = Types.ROW_NAMED(
     ["item_id", "title", "text", "deleted", "ts"],
@@ -55,13 +57,15 @@ ITEM_TYPE = Types.ROW_NAMED(
 # What reaches the ranker by broadcast: an embedded item ("item"), a deletion ("delete"), an
 # item's statistics ("pop": trending log-popularity and interaction count) or its
 # co-occurrence neighbours ("nbrs": JSON {neighbour id: count}).
+# ``model`` is the embedding model of an "item" vector.
 CATALOG_UPDATE_TYPE = Types.ROW_NAMED(
-    ["kind", "item_id", "title", "vector", "log_pop", "count", "neighbours"],
+    ["kind", "item_id", "title", "vector", "log_pop", "count", "neighbours", "model"],
     [Types.STRING(), Types.STRING(), Types.STRING(), BYTES, Types.DOUBLE(), Types.DOUBLE(),
-     Types.STRING()],
+     Types.STRING(), Types.STRING()],
 )
-# Co-occurrence pairs from the user-history operator to the keyed-by-item counter.
-PAIR_TYPE = Types.ROW_NAMED(["item_id", "neighbour"], [Types.STRING(), Types.STRING()])
+# Co-occurrences from the user-history operator to the keyed-by-item counter: an item and the
+# JSON list of its new neighbours (one record per key, not one per pair).
+PAIR_TYPE = Types.ROW_NAMED(["item_id", "neighbours"], [Types.STRING(), Types.STRING()])
 KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [BYTES, BYTES])
 VALUE_RECORD_TYPE = Types.ROW_NAMED(["v"], [BYTES])
 
@@ -75,6 +79,9 @@ STATE_BYTES = Types.PICKLED_BYTE_ARRAY()
 CATALOG_STATE = MapStateDescriptor("catalog", Types.STRING(), STATE_BYTES)
 POPULARITY_STATE = MapStateDescriptor("item-stats", Types.STRING(), STATE_BYTES)
 NEIGHBOURS_STATE = MapStateDescriptor("neighbours", Types.STRING(), Types.STRING())
+# During a model swap: the new model's vectors so far, and which model is which.
+STAGING_STATE = MapStateDescriptor("catalog-staging", Types.STRING(), STATE_BYTES)
+MODELS_STATE = MapStateDescriptor("models", Types.STRING(), Types.STRING())
 
 
 def python_runtime_mode() -> str:
@@ -125,17 +132,23 @@ class ParseEvents(ProcessFunction, _LoggedOpen):
 
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "parse-events")
+        self.metrics = OperatorMetrics(ctx)
+        self.dlq = self.metrics.counter("dlq_records")
 
     def process_element(self, row, ctx) -> Iterable:
         raw = row["value"]
         try:
             ev = parse_event(raw, now_ms=_now_ms(), max_id_length=self.validation.max_id_length,
-                             max_future_skew_ms=self.validation.max_future_skew_ms)
+                             max_future_skew_ms=self.validation.max_future_skew_ms,
+                             max_record_bytes=self.validation.max_record_bytes)
         except InvalidRecord as err:
+            self.dlq.inc()
             yield DLQ_TAG, Row(dlq_record(err, raw, row["topic"], row["partition"],
                                           row["offset"], _source_ts(row["ts"])))
             return
-        yield Row(ev.event_id, ev.user_id, ev.item_id, ev.type, ev.value, ev.ts)
+        self.metrics.counter(f"events_in_{ev.type}").inc()
+        yield Row(ev.event_id, ev.user_id, ev.item_id, ev.type, ev.value, ev.ts,
+                  row["partition"], row["offset"])
 
 
 class ParseItems(ProcessFunction, _LoggedOpen):
@@ -147,6 +160,9 @@ class ParseItems(ProcessFunction, _LoggedOpen):
 
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "parse-items")
+        self.metrics = OperatorMetrics(ctx)
+        self.dlq = self.metrics.counter("dlq_records")
+        self.items_in = self.metrics.counter("items_in")
 
     def process_element(self, row, ctx) -> Iterable:
         raw, key = row["value"], row["key"]
@@ -162,21 +178,30 @@ class ParseItems(ProcessFunction, _LoggedOpen):
             item = parse_item(raw, now_ms=_now_ms(),
                               max_id_length=self.validation.max_id_length,
                               max_text_chars=self.validation.max_text_chars,
-                              max_future_skew_ms=self.validation.max_future_skew_ms)
+                              max_future_skew_ms=self.validation.max_future_skew_ms,
+                              max_record_bytes=self.validation.max_record_bytes)
         except InvalidRecord as err:
+            self.dlq.inc()
             yield DLQ_TAG, Row(dlq_record(err, raw, row["topic"], row["partition"],
                                           row["offset"], _source_ts(row["ts"])))
             return
+        self.items_in.inc()
         yield Row(item.item_id, item.title, item.text(), item.deleted, item.ts)
 
 
 class EmbedItems(KeyedProcessFunction, _LoggedOpen):
-    """Items -> catalog updates carrying the item's embedding.
+    """Items (keyed by embedding bucket) -> catalog updates carrying the item's embedding.
 
     Cache hits pass straight through. Misses are buffered in keyed state (so a checkpoint never
     loses them) and embedded together when ``batch_size`` are waiting or ``batch_timeout_ms``
     after the first, whichever comes first. Order per key is kept: once something is
     buffered, later items queue behind it.
+
+    Live model swap: each bucket keeps its items' texts and the model that embedded them. A
+    recurring timer (``reembed_interval_ms``, kept in checkpoints and savepoints) notices when
+    the job was restarted with another model and re-embeds the bucket's items in the
+    background, ``batch_size`` per tick; the rankers keep ranking with the old vectors until
+    the new model's catalog is complete.
     """
 
     def __init__(self, model: ModelSettings):
@@ -186,11 +211,21 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
         from udfs.embedding import CachedEmbedder
 
         self._log_open(ctx, "embed-items")
-        self.embedder = CachedEmbedder(
-            self.model.name_or_path, cache_dir=self.model.cache_dir, device=self.model.device,
-            batch_size=self.model.batch_size, max_length=self.model.max_length)
+        self.embedder = CachedEmbedder.from_settings(self.model)
+        self.model_id = self.embedder.model_id
         self.buffer = ctx.get_list_state(ListStateDescriptor("pending-items", ITEM_TYPE))
         self.count = ctx.get_state(ValueStateDescriptor("pending-count", Types.INT()))
+        self.texts = ctx.get_map_state(
+            MapStateDescriptor("item-texts", Types.STRING(), Types.STRING()))
+        self.bucket_model = ctx.get_state(ValueStateDescriptor("bucket-model", Types.STRING()))
+        self.reembed = ctx.get_state(ValueStateDescriptor("reembed-ids", Types.STRING()))
+        self.tick = ctx.get_state(ValueStateDescriptor("reembed-tick", Types.LONG()))
+        m = OperatorMetrics(ctx)
+        self.g_hit_pct = m.value("cache_hit_pct")
+        self.g_embedded = m.value("embedded_texts")
+        self.g_hits = m.value("cache_hits")
+        self.batch_ms = LatencyWindow(m, "embed_batch_ms", size=256, every=1)
+        self.reembedded = m.counter("reembedded_items")
 
     def close(self) -> None:
         embedder = getattr(self, "embedder", None)
@@ -200,22 +235,49 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
                      s.misses, s.embed_seconds)
             embedder.close()
 
-    @staticmethod
-    def _update(item, vector: np.ndarray | None):
-        if item["deleted"]:
-            return Row("delete", item["item_id"], "", None, None, None, None)
-        return Row("item", item["item_id"], item["title"],
-                   np.asarray(vector, np.float32).tobytes(), None, None, None)
+    def _report(self) -> None:
+        stats = self.embedder.stats
+        total = stats.hits + stats.misses
+        self.g_hit_pct.set(100 * stats.hits / total if total else 0)
+        self.g_embedded.set(stats.misses)
+        self.g_hits.set(stats.hits)
+
+    def _update(self, item_id: str, title: str, deleted: bool, vector) -> Row:
+        if deleted:
+            return Row("delete", item_id, "", None, None, None, None, None)
+        return Row("item", item_id, title, np.asarray(vector, np.float32).tobytes(),
+                   None, None, None, self.model_id)
+
+    def _arm_tick(self, ctx) -> None:
+        due = ctx.timer_service().current_processing_time() + self.model.reembed_interval_ms
+        ctx.timer_service().register_processing_time_timer(due)
+        self.tick.update(due)
 
     def process_element(self, item, ctx) -> Iterable:
+        item_id = item["item_id"]
+        if item["deleted"]:
+            self.texts.remove(item_id)
+        else:
+            self.texts.put(item_id, json.dumps([item["title"], item["text"]]))
+        bucket_model = self.bucket_model.value()
+        if bucket_model is None:  # the bucket's first item: it starts ticking
+            self.bucket_model.update(self.model_id)
+            self._arm_tick(ctx)
+        elif bucket_model != self.model_id:  # a swap is running: embed this one right here
+            pending = self.reembed.value()
+            ids = json.loads(pending) if pending else []
+            if item_id in ids:
+                ids.remove(item_id)
+                self.reembed.update(json.dumps(ids))
         count = self.count.value() or 0
         if count == 0:
             if item["deleted"]:
-                yield self._update(item, None)
+                yield self._update(item_id, "", True, None)
                 return
             vec = self.embedder.lookup(item["text"])
             if vec is not None:
-                yield self._update(item, vec)
+                self._report()
+                yield self._update(item_id, item["title"], False, vec)
                 return
             ctx.timer_service().register_processing_time_timer(
                 ctx.timer_service().current_processing_time() + self.model.batch_timeout_ms)
@@ -229,16 +291,53 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
     def on_timer(self, timestamp: int, ctx) -> Iterable:
         if self.count.value():
             yield from self._flush()
+        due = self.tick.value()
+        if due is not None and timestamp >= due:
+            yield from self._reembed_step()
+            self._arm_tick(ctx)
+
+    def _reembed_step(self) -> Iterable:
+        """One background step of a model swap for this bucket (nothing when up to date)."""
+        if self.bucket_model.value() == self.model_id:
+            return
+        pending = self.reembed.value()
+        ids = json.loads(pending) if pending else None
+        if ids is None:  # the swap starts
+            ids = list(self.texts.keys())
+            log.info("embed-items: re-embedding %d items of a bucket for model %s (was %s)",
+                     len(ids), self.model_id, self.bucket_model.value())
+        chunk, rest = ids[: self.model.batch_size], ids[self.model.batch_size:]
+        entries = [(i, self.texts.get(i)) for i in chunk]
+        entries = [(i, json.loads(e)) for i, e in entries if e is not None]
+        if entries:
+            t0 = time.perf_counter()
+            vecs = self.embedder.embed([text for _, (_, text) in entries])
+            self.batch_ms.update((time.perf_counter() - t0) * 1000)
+            self._report()
+            self.reembedded.inc(len(entries))
+            for (item_id, (title, _)), vec in zip(entries, vecs):
+                yield self._update(item_id, title, False, vec)
+        if rest:
+            self.reembed.update(json.dumps(rest))
+        else:
+            self.reembed.clear()
+            self.bucket_model.update(self.model_id)
+            log.info("embed-items: bucket re-embedded for model %s", self.model_id)
 
     def _flush(self) -> Iterable:
         items = list(self.buffer.get() or [])
         self.buffer.clear()
         self.count.clear()
         live = [it for it in items if not it["deleted"]]
+        t0 = time.perf_counter()
         vecs = self.embedder.embed([it["text"] for it in live]) if live else []
+        if live:
+            self.batch_ms.update((time.perf_counter() - t0) * 1000)
+        self._report()
         by_pos = iter(vecs)
         for it in items:
-            yield self._update(it, None if it["deleted"] else next(by_pos))
+            yield self._update(it["item_id"], it["title"], it["deleted"],
+                               None if it["deleted"] else next(by_pos))
 
 
 class _Throttled:
@@ -282,14 +381,14 @@ class ItemStats(KeyedProcessFunction, _LoggedOpen, _Throttled):
         log_pop, count = updated
         self.stats.update(_STATS.pack(log_pop, count))
         if self._schedule(ctx, self.cfg.popularity_emit_interval_ms):
-            yield Row("pop", ev["item_id"], "", None, log_pop, count, None)
+            yield Row("pop", ev["item_id"], "", None, log_pop, count, None, None)
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
         self.timer_set.clear()
         raw = self.stats.value()
         if raw is not None:
             log_pop, count = _STATS.unpack(raw)
-            yield Row("pop", ctx.get_current_key(), "", None, log_pop, count, None)
+            yield Row("pop", ctx.get_current_key(), "", None, log_pop, count, None, None)
 
 
 class UserHistory(KeyedProcessFunction, _LoggedOpen):
@@ -305,7 +404,10 @@ class UserHistory(KeyedProcessFunction, _LoggedOpen):
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "user-history")
         self.p = ModelParams.from_settings(self.cfg)
-        self.history = ctx.get_state(ValueStateDescriptor("recent", Types.STRING()))
+        descriptor = ValueStateDescriptor("recent", Types.STRING())
+        if self.cfg.user_ttl_hours > 0:
+            descriptor.enable_time_to_live(user_ttl(self.cfg.user_ttl_hours))
+        self.history = ctx.get_state(descriptor)
 
     def process_element(self, ev, ctx) -> Iterable:
         if ev["type"] == "forget_user":
@@ -315,14 +417,19 @@ class UserHistory(KeyedProcessFunction, _LoggedOpen):
         recent = json.loads(raw) if raw else []
         w = self.p.weight(ev["type"], ev["value"])
         if self.p.counts_as_consumption(ev["type"], w):
+            # The pairs of recommender.cooc_pairs, grouped by key: (item, [x1..xk]) once and
+            # (x, [item]) per recent x, so the counter is called k + 1 times, not 2k.
+            by_key: dict[str, list[str]] = {}
             for x, y in recommender.cooc_pairs(recent, ev["item_id"]):
-                yield Row(x, y)
+                by_key.setdefault(x, []).append(y)
+            for x, ys in by_key.items():
+                yield Row(x, json.dumps(ys, separators=(",", ":")))
         push_recent(recent, ev["item_id"], self.p.history_size)
         self.history.update(json.dumps(recent))
 
 
 class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
-    """Co-occurrence pairs keyed by item -> the item's neighbour counts for the broadcast
+    """Co-occurrences keyed by item -> the item's neighbour counts for the broadcast
     (the heaviest ``max_neighbours``), at most once per ``popularity_emit_interval_ms``.
 
     Counts live in a MapState so one pair costs one increment, not a rewrite of the item's
@@ -343,28 +450,29 @@ class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
         return {k: v for k, v in self.counts.items()}
 
     def process_element(self, pair, ctx) -> Iterable:
-        neighbour = pair[1]
-        current = self.counts.get(neighbour)
-        self.counts.put(neighbour, (current or 0.0) + 1.0)
-        if current is None:
-            size = (self.size.value() or 0) + 1
-            if size > 2 * self.cfg.max_neighbours:  # same rule as recommender.cooc_add
-                kept = self._neighbours()
-                recommender.cooc_prune(kept, self.cfg.max_neighbours)
-                self.counts.clear()
-                self.counts.put_all(kept)
-                size = len(kept)
-            self.size.update(size)
+        size = self.size.value() or 0
+        for neighbour in json.loads(pair[1]):
+            current = self.counts.get(neighbour)
+            self.counts.put(neighbour, (current or 0.0) + 1.0)
+            if current is None:
+                size += 1
+                if size > 2 * self.cfg.max_neighbours:  # same rule as recommender.cooc_add
+                    kept = self._neighbours()
+                    recommender.cooc_prune(kept, self.cfg.max_neighbours)
+                    self.counts.clear()
+                    self.counts.put_all(kept)
+                    size = len(kept)
+        self.size.update(size)
         if self._schedule(ctx, self.cfg.popularity_emit_interval_ms):
             yield Row("nbrs", pair[0], "", None, None, None,
-                      json.dumps(self._neighbours(), separators=(",", ":")))
+                      json.dumps(self._neighbours(), separators=(",", ":")), None)
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
         self.timer_set.clear()
         neighbours = self._neighbours()
         if neighbours:
             yield Row("nbrs", ctx.get_current_key(), "", None, None, None,
-                      json.dumps(neighbours, separators=(",", ":")))
+                      json.dumps(neighbours, separators=(",", ":")), None)
 
 
 _TITLE_LEN = struct.Struct("<I")
@@ -388,87 +496,273 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
     The catalog (embeddings, deletions), item statistics and co-occurrence neighbours arrive
     by broadcast and are mirrored in broadcast state for checkpoints, and in a
     :class:`CatalogIndex` for scoring. The model itself is :mod:`operators.recommender`, the
-    same code ``streamrank eval`` measures. Events for items not in the catalog yet are kept
-    in the user's state and applied once the item is known (at the user's next event).
+    same code ``streamrank eval`` measures.
+
+    Every valid event yields exactly one ranking, under its own ``event_id``. An event whose
+    item is not in the catalog yet is held in the user's state and applied, and ranked, once
+    the item is known: a processing-time timer checks every ``pending_retry_ms`` (and the
+    user's next event checks too). What cannot be held (``max_pending``) or waits longer than
+    ``pending_timeout_ms`` goes to the DLQ side output.
     """
 
-    def __init__(self, ranking_cfg: RankingSettings, model_id: str):
+    def __init__(self, ranking_cfg: RankingSettings, model_id: str, events_topic: str):
         self.cfg = ranking_cfg
         self.model_id = model_id
+        self.events_topic = events_topic
 
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "rank-users")
         self.p = ModelParams.from_settings(self.cfg)
-        self.profile = ctx.get_state(ValueStateDescriptor("profile", STATE_BYTES))
-        self.catalog = CatalogIndex()
+        descriptor = ValueStateDescriptor("profile", STATE_BYTES)
+        if self.cfg.user_ttl_hours > 0:
+            descriptor.enable_time_to_live(user_ttl(self.cfg.user_ttl_hours))
+        self.profile = ctx.get_state(descriptor)
+        self.catalog = CatalogIndex()  # the active model's catalog: what rankings use
+        self.active_model: str | None = None
+        self.staging: CatalogIndex | None = None  # a new model's catalog while it fills up
+        self.staging_model: str | None = None
+        self.missing: set[str] = set()  # active items the staging catalog still lacks
         self.catalog_loaded = False
+        m = self.metrics = OperatorMetrics(ctx)
+        self.rankings_out = m.counter("rankings_out")
+        self.tombstones_out = m.counter("tombstones_out")
+        self.new_users = m.counter("users_new")
+        self.pending_in = m.counter("pending_held")
+        self.pending_applied = m.counter("pending_applied")
+        self.pending_dlq = m.counter("pending_dlq")
+        self.pending_now = 0
+        self.g_pending = m.value("pending_events")
+        self.g_catalog = m.value("catalog_items")
+        self.g_missing = m.value("swap_items_missing")
+        # Time from the event reaching the ranker to its ranking (state, scoring, encoding).
+        self.latency = LatencyWindow(m, "ranking_us", scale=1000)
 
     def _ensure_catalog(self, ctx) -> None:
-        """After a restore the broadcast state holds the catalog; rebuild the index once."""
+        """After a restore the broadcast state holds the catalog(s); rebuild the indexes once."""
         if self.catalog_loaded:
             return
         self.catalog_loaded = True
+        models = ctx.get_broadcast_state(MODELS_STATE)
+        self.active_model = models.get("active")
+        self.staging_model = models.get("staging")
         n = 0
         for item_id, packed in ctx.get_broadcast_state(CATALOG_STATE).items():
             title, vec = unpack_catalog_entry(packed)
             self.catalog.upsert(item_id, title, vec)
             n += 1
+        if self.staging_model:
+            self._start_staging(self.staging_model)
+            for item_id, packed in ctx.get_broadcast_state(STAGING_STATE).items():
+                title, vec = unpack_catalog_entry(packed)
+                self.staging.upsert(item_id, title, vec)
+                self.missing.discard(item_id)
         for item_id, packed in ctx.get_broadcast_state(POPULARITY_STATE).items():
-            self.catalog.set_popularity(item_id, *_STATS.unpack(packed))
+            for cat in self._catalogs():
+                cat.set_popularity(item_id, *_STATS.unpack(packed))
         for item_id, encoded in ctx.get_broadcast_state(NEIGHBOURS_STATE).items():
-            self.catalog.set_neighbours(item_id, json.loads(encoded))
+            for cat in self._catalogs():
+                cat.set_neighbours(item_id, json.loads(encoded))
         if n:
-            log.info("rank-users restored a catalog of %d items from state", n)
+            log.info("rank-users restored a catalog of %d items (model %s) from state", n,
+                     self.active_model)
+        self.g_catalog.set(len(self.catalog))
+        self.g_missing.set(len(self.missing))
+
+    def _catalogs(self) -> list[CatalogIndex]:
+        return [self.catalog] + ([self.staging] if self.staging is not None else [])
+
+    def _start_staging(self, model: str) -> None:
+        """A new model's vectors start arriving: build its catalog beside the active one,
+        with the item statistics known so far."""
+        self.staging_model = model
+        self.staging = CatalogIndex()
+        old = self.catalog
+        for r, item_id in enumerate(old.ids[: old.size]):
+            self.staging.set_popularity(item_id, float(old.log_pop[r]), float(old.count[r]))
+        for item_id, nbrs in old.neighbours.items():
+            self.staging.set_neighbours(item_id, nbrs)
+        self.missing = {i for i in old.ids[: old.size] if old.vector(i) is not None}
+        log.info("rank-users: model swap %s -> %s started (%d items to re-embed)",
+                 self.active_model, model, len(self.missing))
+
+    def _switch_model(self, ctx) -> None:
+        log.info("rank-users: catalog of model %s complete (%d items); rankings switch from "
+                 "%s", self.staging_model, len(self.staging), self.active_model)
+        self.catalog, self.active_model = self.staging, self.staging_model
+        self.staging, self.staging_model, self.missing = None, None, set()
+        active, staging = ctx.get_broadcast_state(CATALOG_STATE), \
+            ctx.get_broadcast_state(STAGING_STATE)
+        active.clear()
+        active.put_all({k: v for k, v in staging.items()})
+        staging.clear()
+        models = ctx.get_broadcast_state(MODELS_STATE)
+        models.put("active", self.active_model)
+        models.remove("staging")
 
     def process_broadcast_element(self, update, ctx) -> Iterable:
         # Emits nothing, but must return an iterable: thread mode iterates the result.
         self._ensure_catalog(ctx)
         kind, item_id = update["kind"], update["item_id"]
         if kind == "item":
+            model = update["model"] or self.model_id
             vec = np.frombuffer(bytes(update["vector"]), dtype=np.float32)
-            self.catalog.upsert(item_id, update["title"], vec)
-            ctx.get_broadcast_state(CATALOG_STATE).put(
-                item_id, pack_catalog_entry(update["title"], update["vector"]))
+            packed = pack_catalog_entry(update["title"], update["vector"])
+            if self.active_model is None:
+                self.active_model = model
+                ctx.get_broadcast_state(MODELS_STATE).put("active", model)
+            if model == self.active_model:
+                self.catalog.upsert(item_id, update["title"], vec)
+                ctx.get_broadcast_state(CATALOG_STATE).put(item_id, packed)
+            else:
+                if model != self.staging_model:
+                    self._start_staging(model)
+                    ctx.get_broadcast_state(STAGING_STATE).clear()
+                    ctx.get_broadcast_state(MODELS_STATE).put("staging", model)
+                self.staging.upsert(item_id, update["title"], vec)
+                ctx.get_broadcast_state(STAGING_STATE).put(item_id, packed)
+                self.missing.discard(item_id)
+                if not self.missing:
+                    self._switch_model(ctx)
         elif kind == "delete":
-            self.catalog.delete(item_id)
+            for cat in self._catalogs():
+                cat.delete(item_id)
             ctx.get_broadcast_state(CATALOG_STATE).remove(item_id)
+            if self.staging is not None:
+                ctx.get_broadcast_state(STAGING_STATE).remove(item_id)
+                self.missing.discard(item_id)
+                if not self.missing and len(self.staging):
+                    self._switch_model(ctx)
         elif kind == "pop":
-            self.catalog.set_popularity(item_id, update["log_pop"], update["count"])
+            for cat in self._catalogs():
+                cat.set_popularity(item_id, update["log_pop"], update["count"])
             ctx.get_broadcast_state(POPULARITY_STATE).put(
                 item_id, _STATS.pack(update["log_pop"], update["count"]))
         elif kind == "nbrs":
-            self.catalog.set_neighbours(item_id, json.loads(update["neighbours"]))
+            nbrs = json.loads(update["neighbours"])
+            for cat in self._catalogs():
+                cat.set_neighbours(item_id, nbrs)
             ctx.get_broadcast_state(NEIGHBOURS_STATE).put(item_id, update["neighbours"])
+        if kind in ("item", "delete"):
+            self.g_catalog.set(len(self.catalog))
+            self.g_missing.set(len(self.missing))
         return ()
 
     def process_element(self, ev, ctx) -> Iterable:
         self._ensure_catalog(ctx)
+        self._t0 = time.perf_counter()
         user_id = ev["user_id"]
         key = user_id.encode("utf-8")
         if ev["type"] == "forget_user":
+            raw = self.profile.value()
+            if raw is not None:
+                self.pending_now -= len(UserState.from_bytes(raw).pending)
             self.profile.clear()
+            self.g_pending.set(self.pending_now)
+            self.tombstones_out.inc()
             yield Row(key, None)  # tombstone: compaction erases the user's ranking
             return
         p, cat = self.p, self.catalog
         raw = self.profile.value()
-        state = UserState.from_bytes(raw) if raw is not None else UserState.empty(cat.dim or 384)
-
-        for pend in state.drain_pending(lambda i: cat.vector(i) is not None):
-            recommender.apply_event(state, cat, p, pend.item_id, pend.weight, pend.ts)
+        if raw is None:
+            self.new_users.inc()
+            state = UserState.empty(cat.dim or 384)
+        else:
+            state = UserState.from_bytes(raw)
+        self._follow_model(state)
+        had_pending = bool(state.pending)
+        if had_pending:
+            yield from self._apply_ready(state, key, user_id)
         weight = p.weight(ev["type"], ev["value"])
-        if not recommender.apply_event(state, cat, p, ev["item_id"], weight, ev["ts"]):
-            if not state.add_pending(PendingEvent(ev["item_id"], weight, ev["ts"],
-                                                  ev["event_id"] or ""), p.max_pending):
-                log.warning("user %s: pending queue full (%d), event %s for unknown item %s "
-                            "not kept", user_id, p.max_pending, ev["event_id"], ev["item_id"])
-        state.mark_seen(ev["item_id"], p.max_seen, p.history_size)
-
-        ranked = recommender.rank(state, cat, p, ev["ts"])
-        state.shown = [cat.ids[r] for r in ranked.rows]
+        if recommender.observe(state, cat, p, ev["item_id"], weight, ev["ts"]):
+            yield self._ranking(state, key, user_id, ev["event_id"], ev["ts"])
+        else:
+            held = PendingEvent(ev["item_id"], weight, ev["ts"], ev["event_id"] or "", _now_ms(),
+                                ev["partition"], ev["offset"])
+            if state.add_pending(held, p.max_pending):
+                self.pending_in.inc()
+                self.pending_now += 1
+                if not had_pending:
+                    ctx.timer_service().register_processing_time_timer(
+                        ctx.timer_service().current_processing_time() + self.cfg.pending_retry_ms)
+            else:
+                yield self._dead_letter(user_id, held, "pending_overflow",
+                                        f"{p.max_pending} events already wait for unknown "
+                                        f"items (ranking.max_pending)")
         self.profile.update(state.to_bytes())
+        self.g_pending.set(self.pending_now)
+
+    def on_timer(self, timestamp: int, ctx) -> Iterable:
+        self._ensure_catalog(ctx)
+        raw = self.profile.value()
+        if raw is None:
+            return
+        state = UserState.from_bytes(raw)
+        if not state.pending:
+            return
+        self._follow_model(state)
+        user_id = ctx.get_current_key()
+        self._t0 = time.perf_counter()
+        yield from self._apply_ready(state, user_id.encode("utf-8"), user_id)
+        for held in state.expire_pending(_now_ms() - self.cfg.pending_timeout_ms):
+            self.pending_now -= 1
+            yield self._dead_letter(user_id, held, "unknown_item",
+                                    f"item {held.item_id!r} not in the catalog after "
+                                    f"{self.cfg.pending_timeout_ms} ms "
+                                    f"(ranking.pending_timeout_ms)")
+        if state.pending:
+            ctx.timer_service().register_processing_time_timer(
+                ctx.timer_service().current_processing_time() + self.cfg.pending_retry_ms)
+        self.profile.update(state.to_bytes())
+        self.g_pending.set(self.pending_now)
+
+    def _follow_model(self, state: UserState) -> None:
+        """Interests live in one model's vector space: after a model switch, rebuild them
+        from the user's recent items in the new space (at the user's next event)."""
+        model = self.active_model or self.model_id
+        if state.model != model:
+            if state.model:
+                recommender.rebuild_interests(state, self.catalog, self.p)
+            state.model = model
+
+    def _apply_ready(self, state: UserState, key: bytes, user_id: str) -> Iterable:
+        """Apply (and rank) the held events whose item has arrived, oldest first."""
+        cat = self.catalog
+        for held in state.drain_pending(lambda i: cat.vector(i) is not None):
+            recommender.observe(state, cat, self.p, held.item_id, held.weight, held.ts)
+            self.pending_applied.inc()
+            self.pending_now -= 1
+            yield self._ranking(state, key, user_id, held.event_id, held.ts)
+
+    def _ranking(self, state: UserState, key: bytes, user_id: str, event_id: str,
+                 event_ts: int) -> Row:
+        cat = self.catalog
+        ranked = recommender.rank(state, cat, self.p, event_ts)
+        state.shown = [cat.ids[r] for r in ranked.rows]
         items = [{"item_id": cat.ids[r], "score": round(s, 5), "reason": why}
                  for r, s, why in zip(ranked.rows, ranked.scores, ranked.reasons)]
-        yield Row(key, ranking_record(
-            user_id=user_id, items=items, k=p.k, model=self.model_id,
-            event_id=ev["event_id"], event_ts=ev["ts"], emitted_ts=_now_ms(),
-            catalog_size=len(cat)))
+        now = _now_ms()
+        self.rankings_out.inc()
+        self.latency.update((time.perf_counter() - self._t0) * 1000)
+        return Row(key, ranking_record(
+            user_id=user_id, items=items, k=self.p.k, model=self.active_model or self.model_id,
+            event_id=event_id, event_ts=event_ts, emitted_ts=now, catalog_size=len(cat),
+            state_digest=state.digest() if self.cfg.emit_state_digest else None))
+
+    def _dead_letter(self, user_id: str, held: PendingEvent, reason: str, detail: str):
+        self.pending_dlq.inc()
+        raw = json.dumps({"event_id": held.event_id or None, "user_id": user_id,
+                          "item_id": held.item_id, "weight": held.weight, "ts": held.ts},
+                         separators=(",", ":")).encode("utf-8")
+        return DLQ_TAG, Row(dlq_record(InvalidRecord(reason, detail), raw, self.events_topic,
+                                       held.partition, held.offset, held.ts))
+
+
+def user_ttl(hours: float):
+    """State TTL of a user's keyed state: refreshed by every write, never returned expired."""
+    from pyflink.common import Time
+    from pyflink.datastream.state import StateTtlConfig
+
+    return (StateTtlConfig.new_builder(Time.milliseconds(int(hours * 3_600_000)))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .build())

@@ -43,6 +43,9 @@ class PendingEvent:
     weight: float
     ts: int
     event_id: str = ""
+    held_at_ms: int = 0  # processing time the event was first held (for expiry)
+    partition: int = -1  # where the event was read (for a dead letter)
+    offset: int = -1
 
 
 @dataclass
@@ -56,6 +59,7 @@ class UserState:
     history: list[str] = field(default_factory=list)
     shown: list[str] = field(default_factory=list)
     pending: list[PendingEvent] = field(default_factory=list)
+    model: str = ""  # the embedding model whose vector space the centroids live in
 
     @classmethod
     def empty(cls, dim: int) -> "UserState":
@@ -75,7 +79,9 @@ class UserState:
         w = np.zeros(0) if self.weights is None else np.asarray(self.weights, np.float64)
         tail = json.dumps({
             "seen": self.seen, "history": self.history, "shown": self.shown,
-            "pending": [[p.item_id, p.weight, p.ts, p.event_id] for p in self.pending],
+            "pending": [[p.item_id, p.weight, p.ts, p.event_id, p.held_at_ms, p.partition,
+                         p.offset] for p in self.pending],
+            "model": self.model,
         }, separators=(",", ":")).encode("utf-8")
         return (_HEADER.pack(_VERSION, c.shape[1], c.shape[0], w.shape[0], self.n_events,
                              self.last_ts)
@@ -94,10 +100,10 @@ class UserState:
         w = np.frombuffer(data, np.float64, n_w, off).copy() if n_w else None
         off += 8 * n_w
         tail = json.loads(bytes(data[off:]).decode("utf-8"))
-        pending = [PendingEvent(p[0], float(p[1]), int(p[2]), p[3]) for p in tail["pending"]]
+        pending = [PendingEvent(p[0], float(p[1]), int(p[2]), *p[3:]) for p in tail["pending"]]
         return cls(centroids=c, masses=m, weights=w, n_events=n_events, last_ts=last_ts,
                    seen=tail["seen"], history=tail["history"], shown=tail["shown"],
-                   pending=pending)
+                   pending=pending, model=tail.get("model", ""))
 
     def mark_seen(self, item_id: str, max_seen: int, max_history: int) -> None:
         push_recent(self.seen, item_id, max_seen)
@@ -124,6 +130,25 @@ class UserState:
             open_threshold=open_threshold, alpha=alpha, half_life_ms=half_life_ms)
         self.n_events += 1
         self.last_ts = max(self.last_ts, ts)
+
+    def expire_pending(self, older_than_ms: int) -> list[PendingEvent]:
+        """Remove and return the pending events held since before ``older_than_ms``."""
+        expired = [p for p in self.pending if p.held_at_ms < older_than_ms]
+        if expired:
+            self.pending = [p for p in self.pending if p.held_at_ms >= older_than_ms]
+        return expired
+
+    def digest(self) -> str:
+        """A fingerprint of everything the user's events determine (all but ``shown``, the
+        last list emitted, which depends on when catalog statistics arrived). Used by
+        ``streamrank chaos`` to compare a run with failures to a failure-free one."""
+        import hashlib
+
+        shown, self.shown = self.shown, []
+        try:
+            return hashlib.sha256(self.to_bytes()).hexdigest()[:32]
+        finally:
+            self.shown = shown
 
     def drain_pending(self, known: Callable[[str], bool]) -> list[PendingEvent]:
         """Remove and return the pending events whose item is now ``known``, oldest first."""

@@ -60,6 +60,25 @@ class FlinkSettings:
     checkpoint_interval_ms: int = 10_000
     state_backend: str = "rocksdb"
     checkpoint_dir: str = ".run/checkpoints"
+    checkpoint_timeout_ms: int = 120_000
+    min_pause_between_checkpoints_ms: int = 0
+    restart_strategy: str = "exponential-delay"
+    restart_delay_ms: int = 1000
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    dir: str = ".run/cluster"
+    host: str = "127.0.0.1"
+    rest_port: int = 8081
+    rpc_port: int = 6123
+    taskmanagers: int = 1
+    slots_per_taskmanager: int = 2
+    jobmanager_memory: str = "1024m"
+    taskmanager_memory: str = "3072m"
+    heartbeat_timeout_ms: int = 10_000
+    prometheus_port: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -69,7 +88,9 @@ class ModelSettings:
     device: str = "auto"
     batch_size: int = 32
     batch_timeout_ms: int = 200
+    reembed_interval_ms: int = 1000
     max_length: int = 128
+    precision: str = "fp32"
     cache_dir: str = ".run/embedding-cache"
 
 
@@ -89,6 +110,10 @@ class RankingSettings:
     popularity_emit_interval_ms: int = 1000
     max_seen: int = 5000
     max_pending: int = 100
+    pending_retry_ms: int = 500
+    pending_timeout_ms: int = 3_600_000
+    user_ttl_hours: float = 0.0
+    emit_state_digest: bool = False
     max_centroids: int = 4
     centroid_open_threshold: float = 0.5
     history_size: int = 30
@@ -109,6 +134,7 @@ class ValidationSettings:
     max_id_length: int = 256
     max_text_chars: int = 20_000
     max_future_skew_ms: int = 86_400_000
+    max_record_bytes: int = 1_048_576
 
 
 @dataclass(frozen=True)
@@ -116,6 +142,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     local_kafka: LocalKafkaSettings = field(default_factory=LocalKafkaSettings)
     flink: FlinkSettings = field(default_factory=FlinkSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     ranking: RankingSettings = field(default_factory=RankingSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)

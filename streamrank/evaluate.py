@@ -86,8 +86,7 @@ def run_eval(settings: Settings, data_dir: str, limit: Optional[int] = None,
     warm_cache(items, settings.model, progress=progress)
     now = int(time.time() * 1000)
     parsed = [parse_item(json.dumps(it).encode(), now_ms=now) for it in items]
-    emb = CachedEmbedder(settings.model.name_or_path, cache_dir=settings.model.cache_dir,
-                         device=settings.model.device)
+    emb = CachedEmbedder.from_settings(settings.model)
     try:
         vectors = emb.embed([it.text() for it in parsed])
     finally:

@@ -217,13 +217,16 @@ def topic_specs(kafka: KafkaSettings) -> dict[str, dict[str, str]]:
     return specs
 
 
-def create_topics(kafka: KafkaSettings, recreate: bool = False) -> list[str]:
-    """Create the job's topics that do not exist (all of them afresh with ``recreate``)."""
+def create_topics(kafka: KafkaSettings, recreate: bool = False,
+                  extra: tuple[str, ...] = ()) -> list[str]:
+    """Create the job's topics that do not exist (all of them afresh with ``recreate``), plus
+    ``extra`` plain topics."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
     specs = topic_specs(kafka)
+    specs.update({name: {} for name in extra})
     admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
     try:
         existing = set(admin.list_topics())

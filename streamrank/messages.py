@@ -63,9 +63,11 @@ class Item:
         return "\n".join(p for p in parts if p)
 
 
-def _decode(raw: Optional[bytes]) -> dict:
+def _decode(raw: Optional[bytes], max_bytes: int) -> dict:
     if raw is None:
         raise InvalidRecord("empty", "record has no value")
+    if len(raw) > max_bytes:
+        raise InvalidRecord("too_large", f"record has {len(raw)} bytes > {max_bytes}")
     try:
         text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -111,9 +113,9 @@ def _ts(obj: dict, now_ms: int, max_future_skew_ms: int) -> int:
 
 
 def parse_event(raw: Optional[bytes], *, now_ms: int, max_id_length: int = 256,
-                max_future_skew_ms: int = 86_400_000) -> Event:
+                max_future_skew_ms: int = 86_400_000, max_record_bytes: int = 1 << 20) -> Event:
     """Parse and validate one ``events`` record."""
-    obj = _decode(raw)
+    obj = _decode(raw, max_record_bytes)
     etype = obj.get("type")
     if not isinstance(etype, str):
         raise InvalidRecord("missing_field" if etype is None else "bad_type",
@@ -142,9 +144,10 @@ def parse_event(raw: Optional[bytes], *, now_ms: int, max_id_length: int = 256,
 
 
 def parse_item(raw: Optional[bytes], *, now_ms: int, max_id_length: int = 256,
-               max_text_chars: int = 20_000, max_future_skew_ms: int = 86_400_000) -> Item:
+               max_text_chars: int = 20_000, max_future_skew_ms: int = 86_400_000,
+               max_record_bytes: int = 1 << 20) -> Item:
     """Parse and validate one ``items`` record."""
-    obj = _decode(raw)
+    obj = _decode(raw, max_record_bytes)
     item_id = _id(obj, "item_id", max_id_length)
     deleted = obj.get("deleted", False)
     if not isinstance(deleted, bool):
@@ -193,10 +196,14 @@ def dlq_record(error: InvalidRecord | str, raw: Optional[bytes], topic: str, par
 
 
 def ranking_record(*, user_id: str, items: list[dict], k: int, model: str, event_id: str,
-                   event_ts: int, emitted_ts: int, catalog_size: int) -> bytes:
+                   event_ts: int, emitted_ts: int, catalog_size: int,
+                   state_digest: Optional[str] = None) -> bytes:
     """The ``rankings`` value: a user's re-ranked top-k after one of their events."""
-    return json.dumps({
+    rec = {
         "user_id": user_id, "items": items, "k": k, "model": model,
         "event_id": event_id or None, "event_ts": event_ts, "emitted_ts": emitted_ts,
         "catalog_size": catalog_size,
-    }, separators=(",", ":")).encode("utf-8")
+    }
+    if state_digest is not None:
+        rec["state_digest"] = state_digest
+    return json.dumps(rec, separators=(",", ":")).encode("utf-8")

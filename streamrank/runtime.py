@@ -26,6 +26,14 @@ def connector_jar() -> Path:
     return jars[-1]
 
 
+def prometheus_plugin_jar() -> Path:
+    jars = sorted((JARS_DIR / "flink-plugins").glob("flink-metrics-prometheus-*.jar"))
+    if not jars:
+        raise SetupError(f"flink-metrics-prometheus jar not found under "
+                         f"{JARS_DIR / 'flink-plugins'}; run `make install`")
+    return jars[-1]
+
+
 def kafka_classpath() -> str:
     kdir = JARS_DIR / "kafka"
     if not any(kdir.glob("kafka_2.13-*.jar")):
@@ -52,6 +60,15 @@ def python_path_for_workers() -> str:
     return os.pathsep.join(dict.fromkeys(paths))
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for brokers and clusters started here)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def prepare_process_environment() -> None:
     """Call before the first PyFlink call of a process that starts a MiniCluster/gateway."""
     os.environ["PYTHONPATH"] = python_path_for_workers()
@@ -65,6 +82,25 @@ def _uri(path: str) -> str:
     if "://" in path:
         return path
     return Path(path).resolve().as_uri()
+
+
+def restart_configuration(strategy: str, delay_ms: int) -> dict[str, str]:
+    """Flink keys of ``flink.restart_strategy``: every strategy but ``none`` retries forever
+    (a lost TaskManager or a bad deploy must not end the job)."""
+    if strategy == "fixed-delay":
+        return {"restart-strategy.type": "fixed-delay",
+                "restart-strategy.fixed-delay.attempts": str(2**31 - 1),
+                "restart-strategy.fixed-delay.delay": f"{delay_ms} ms"}
+    if strategy == "exponential-delay":
+        return {"restart-strategy.type": "exponential-delay",
+                "restart-strategy.exponential-delay.initial-backoff": f"{delay_ms} ms",
+                "restart-strategy.exponential-delay.max-backoff": "60 s",
+                "restart-strategy.exponential-delay.attempts-before-reset-backoff":
+                    str(2**31 - 1)}
+    if strategy == "none":
+        return {"restart-strategy.type": "none"}
+    raise ValueError(f"flink.restart_strategy must be exponential-delay, fixed-delay or none, "
+                     f"got {strategy!r}")
 
 
 def flink_configuration(settings: Settings) -> dict[str, str]:
@@ -85,8 +121,18 @@ def flink_configuration(settings: Settings) -> dict[str, str]:
         "execution.checkpointing.dir": _uri(f.checkpoint_dir),
         "execution.checkpointing.incremental": "true" if f.state_backend == "rocksdb" else "false",
         "execution.checkpointing.interval": f"{f.checkpoint_interval_ms} ms",
+        "execution.checkpointing.timeout": f"{f.checkpoint_timeout_ms} ms",
+        "execution.checkpointing.min-pause": f"{f.min_pause_between_checkpoints_ms} ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        # Keep the last checkpoint when the job is cancelled: a redeploy can start from it.
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.buffer-timeout.interval": f"{f.buffer_timeout_ms} ms",
         "pipeline.name": "streamrank",
     }
+    if f.state_backend == "rocksdb":
+        # Users (and items) in state, per operator and state: RocksDB's own key-count estimate,
+        # reported as <operator>.rocksdb.estimate-num-keys (a cheap native property).
+        conf["state.backend.rocksdb.metrics.estimate-num-keys"] = "true"
+    conf.update(restart_configuration(f.restart_strategy, f.restart_delay_ms))
     conf.update({str(k): str(v) for k, v in dict(f.extra).items()})
     return conf

@@ -146,6 +146,32 @@ class RankingsReader(TopicReader):
             if rec.get("event_id"):
                 self.by_event[rec["event_id"]].append(received_ms)
 
+    def count_ranked(self, event_ids: list[str]) -> int:
+        """How many of ``event_ids`` have at least one ranking."""
+        return sum(1 for e in event_ids if self.by_event.get(e))
+
+    def wait_ranked(self, event_ids: list[str], timeout_s: float,
+                    idle_s: Optional[float] = None, on_tick=None,
+                    job: Optional["JobProcess"] = None) -> int:
+        """Wait until every event has a ranking, ``timeout_s`` at most, or ``idle_s`` without
+        a new one; ``on_tick(n)`` sees the count as it grows. Returns the count."""
+        deadline = time.monotonic() + timeout_s
+        last, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if job is not None:
+                job.check()
+            n = self.count_ranked(event_ids)
+            if on_tick is not None:
+                on_tick(n)
+            if n >= len(event_ids):
+                return n
+            if n != last:
+                last, last_change = n, time.monotonic()
+            elif idle_s is not None and time.monotonic() - last_change > idle_s:
+                break
+            time.sleep(0.2)
+        return self.count_ranked(event_ids)
+
     def ranking(self, user_id: str) -> Optional[dict]:
         with self._lock:
             return self.latest.get(user_id)
@@ -170,31 +196,37 @@ def wait_for_catalog(producer, settings: Settings, rankings: RankingsReader, ite
                      timeout_s: float = 300.0) -> int:
     """Block until the running job's ranker knows ``n_items`` catalog items.
 
-    Sends a ``skip`` event of a probe user every second and reads ``catalog_size`` from the
-    probe's rankings; then erases the probe user with ``forget_user``. Returns the catalog size.
+    Sends ``skip`` events of a probe user for ``item_id``, one at a time (the next once the
+    previous one is ranked: an event for an item not in the catalog yet is held by the job
+    until the item arrives), reads ``catalog_size`` from the probe's rankings, then erases the
+    probe user with ``forget_user``. Returns the catalog size.
     """
     topic = settings.kafka.topics.events
     deadline = time.monotonic() + timeout_s
     n = 0
     size = -1
-    while time.monotonic() < deadline:
-        if job is not None:
-            job.check()
+
+    def send_probe() -> str:
+        nonlocal n
         n += 1
         ev = {"event_id": f"probe-{n}", "user_id": PROBE_USER, "item_id": item_id,
               "type": "skip", "ts": int(time.time() * 1000)}
         producer.send(topic, key=PROBE_USER.encode(), value=json.dumps(ev).encode())
         producer.flush()
-        t_end = time.monotonic() + 1.0
-        while time.monotonic() < t_end:
-            rec = rankings.ranking(PROBE_USER)
-            if rec is not None:
-                size = rec.get("catalog_size", -1)
-                if size >= n_items:
-                    forget = {"type": "forget_user", "user_id": PROBE_USER}
-                    producer.send(topic, key=PROBE_USER.encode(),
-                                  value=json.dumps(forget).encode())
-                    producer.flush()
-                    return size
-            time.sleep(0.05)
+        return ev["event_id"]
+
+    outstanding = send_probe()
+    while time.monotonic() < deadline:
+        if job is not None:
+            job.check()
+        if rankings.by_event.get(outstanding):
+            size = (rankings.ranking(PROBE_USER) or {}).get("catalog_size", -1)
+            if size >= n_items:
+                forget = {"type": "forget_user", "user_id": PROBE_USER}
+                producer.send(topic, key=PROBE_USER.encode(), value=json.dumps(forget).encode())
+                producer.flush()
+                return size
+            time.sleep(0.5)
+            outstanding = send_probe()
+        time.sleep(0.05)
     raise TimeoutError(f"the job's catalog has {size} of {n_items} items after {timeout_s:.0f}s")

@@ -3,7 +3,6 @@ throwaway, uuid-named topics."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
@@ -11,10 +10,7 @@ import pytest
 from streamrank.config import Settings, load_settings
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from streamrank.runtime import free_port  # noqa: F401  (the tests import it from here)
 
 
 @pytest.fixture(scope="session")

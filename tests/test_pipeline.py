@@ -50,7 +50,7 @@ def event(eid, user, item, etype="like", **kw):
 @pytest.fixture(scope="module")
 def job(kafka_bootstrap, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("job")
-    settings = isolated_settings(kafka_bootstrap, tmp)
+    settings = isolated_settings(kafka_bootstrap, tmp, **{"ranking.max_pending": 3})
     create_topics(settings.kafka)
     proc = JobProcess(settings, tmp / "job.log").start()
     rankings = RankingsReader(kafka_bootstrap, settings.kafka.topics.rankings)
@@ -128,28 +128,63 @@ def test_malformed_event_goes_to_dlq_and_the_next_good_event_is_ranked(job):
     assert proc.alive()
 
 
-def test_new_user_gets_popular_items_and_unknown_items_are_kept(job):
+def test_new_user_gets_popular_items(job):
     settings, proc, producer, rankings, _ = job
-    # Make one western clearly popular, then rank a brand-new user (no usable history: the
-    # item they touched is not in the catalog yet).
+    # Make one western clearly popular, then rank a brand-new user with no usable history
+    # (one skip of an item nobody else touched: no interest, no co-occurrence).
     send(producer, settings, [event(f"p-{i}", f"crowd{i}", "wes7", "purchase") for i in range(3)])
     wait_for(lambda: rankings.by_event.get("p-2"), proc, what="crowd rankings")
     time.sleep(settings.ranking.popularity_emit_interval_ms / 1000 + 1.0)
-    send(producer, settings, [event("n-1", "newbie", "not-yet-in-catalog", "like")])
+    send(producer, settings, [event("n-1", "newbie", "ani14", "skip")])
     rec = wait_for(lambda: (r := rankings.ranking("newbie")) and r, proc, what="newbie ranking")
     assert rec["items"][0]["item_id"] == "wes7"
     assert rec["items"][0]["reason"] in ("popular", "trending now")
-    # The item arrives later; the kept event counts at the user's next event.
+
+
+def test_events_for_unknown_items_are_held_until_the_item_arrives(job):
+    settings, proc, producer, rankings, dlq = job
+    send(producer, settings, [event("u-1", "early", "not-yet-in-catalog", "like")])
+    time.sleep(3)
+    assert "u-1" not in rankings.by_event, "an event for an unknown item is held, not ranked"
+    # The item arrives: the held event is applied and ranked under its own event_id, with no
+    # further event from the user.
     produce(producer, settings.kafka.topics.items,
             [{"item_id": "not-yet-in-catalog", "title": "Haunted Ghost Crypt Of Demons",
               "categories": ["Horror"], "description": "Tags: horror, ghost.", "ts": 1}],
             "item_id", progress=False)
-    time.sleep(3)
-    send(producer, settings, [event("n-2", "newbie", "hor9", "view")])
-    rec = wait_for(lambda: (r := rankings.ranking("newbie")) and r["event_id"] == "n-2" and r,
-                   proc, what="newbie's second ranking")
+    rec = wait_for(lambda: rankings.by_event.get("u-1") and rankings.ranking("early"), proc,
+                   what="ranking of the held event")
+    assert rec["event_id"] == "u-1" and len(rankings.by_event["u-1"]) == 1
     assert sum(it["item_id"].startswith("hor") for it in rec["items"]) >= 6
     assert any(it["reason"].startswith("similar to ") for it in rec["items"])
+    # More held events than ranking.max_pending: the overflow goes to the DLQ, with its source.
+    n = settings.ranking.max_pending + 1
+    send(producer, settings, [event(f"o-{i}", "hoarder", f"missing-{i}", "click")
+                              for i in range(n)])
+    records = wait_for(lambda: [r for r in dlq.values() if r["reason"] == "pending_overflow"],
+                       proc, what="pending overflow in the DLQ")
+    assert len(records) == 1
+    held = json.loads(records[0]["raw"])
+    assert held["event_id"] == f"o-{n - 1}" and held["user_id"] == "hoarder"
+    assert records[0]["topic"] == settings.kafka.topics.events and records[0]["offset"] >= 0
+
+
+def test_deleted_item_leaves_rankings(job):
+    settings, proc, producer, rankings, _ = job
+    send(producer, settings, [event("d-1", "deleter", "rom0", "like")])
+    first = wait_for(lambda: rankings.by_event.get("d-1") and rankings.ranking("deleter"), proc,
+                     what="ranking before the deletion")
+    gone = first["items"][0]["item_id"]
+    produce(producer, settings.kafka.topics.items, [{"item_id": gone, "deleted": True}],
+            "item_id", progress=False)
+    time.sleep(2)
+    send(producer, settings, [event("d-2", "deleter", "rom1", "like"),
+                              event("d-3", "other", "rom0", "like")])
+    for eid, user in (("d-2", "deleter"), ("d-3", "other")):
+        rec = wait_for(lambda: rankings.by_event.get(eid) and rankings.ranking(user), proc,
+                       what=f"ranking {eid} after the deletion")
+        assert gone not in [it["item_id"] for it in rec["items"]]
+        assert rec["catalog_size"] == first["catalog_size"] - 1
 
 
 def test_forget_user_writes_a_tombstone(job):
@@ -161,7 +196,7 @@ def test_forget_user_writes_a_tombstone(job):
     producer.flush()
     wait_for(lambda: "leaver" in rankings.tombstones, proc, what="tombstone")
     # Afterwards the user starts from scratch: no history, popularity fallback.
-    send(producer, settings, [event("f-2", "leaver", "missing-item", "view")])
+    send(producer, settings, [event("f-2", "leaver", "ani13", "skip")])
     rec = wait_for(lambda: rankings.by_event.get("f-2") and rankings.ranking("leaver"), proc,
                    what="ranking after forget")
     assert rec["items"][0]["reason"] in ("popular", "trending now")

@@ -54,15 +54,31 @@ def pick_device(device: str) -> str:
     return device
 
 
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+def model_id_for(name_or_path: str, precision: str = "fp32") -> str:
+    """The id of a configured model at a precision (cache key and rankings' ``model``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"model.precision must be one of {PRECISIONS}, got {precision!r}")
+    base, _ = resolve_model(name_or_path)
+    return base if precision == "fp32" else f"{base}#{precision}"
+
+
 class TextEmbedder:
-    """A transformer sentence embedder. ``embed`` returns float32 rows of unit length."""
+    """A transformer sentence embedder. ``embed`` returns float32 rows of unit length.
+
+    Texts are embedded in batches of similar length (less padding), in the caller's order.
+    ``precision``: fp32; int8 = dynamic quantisation of the Linear layers (CPU); fp16 (GPU).
+    """
 
     def __init__(self, name_or_path: str = BUNDLED, device: str = "auto", batch_size: int = 32,
-                 max_length: int = 128):
+                 max_length: int = 128, precision: str = "fp32"):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        self.model_id, load_path = resolve_model(name_or_path)
+        self.model_id = model_id_for(name_or_path, precision)
+        _, load_path = resolve_model(name_or_path)
         self.device = pick_device(device)
         self.batch_size = batch_size
         self.max_length = max_length
@@ -71,6 +87,19 @@ class TextEmbedder:
         self._tokenizer = AutoTokenizer.from_pretrained(load_path, local_files_only=local_only)
         self._model = AutoModel.from_pretrained(load_path, local_files_only=local_only)
         self._model.eval().to(self.device)
+        if precision == "int8":
+            if self.device != "cpu":
+                raise ValueError("model.precision int8 is a CPU path; use fp16 on a GPU")
+            # Per-channel weight scales: measured closer to fp32 than per-tensor (mean cosine
+            # 0.976 vs 0.944 on MovieLens texts) at the same speed.
+            from torch.ao.quantization import per_channel_dynamic_qconfig
+
+            self._model = torch.ao.quantization.quantize_dynamic(
+                self._model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        elif precision == "fp16":
+            if self.device == "cpu":
+                raise ValueError("model.precision fp16 needs a GPU; use int8 on CPU")
+            self._model = self._model.half()
         self._torch = torch
         self.dim = int(self._model.config.hidden_size)
         log.info("loaded embedding model %s (dim %d) on %s in %.1fs", self.model_id, self.dim,
@@ -79,9 +108,11 @@ class TextEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         torch = self._torch
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                chunk = list(texts[start:start + self.batch_size])
+                rows = order[start:start + self.batch_size]
+                chunk = [texts[i] for i in rows]
                 enc = self._tokenizer(chunk, padding=True, truncation=True,
                                       max_length=self.max_length, return_tensors="pt")
                 enc = {k: v.to(self.device) for k, v in enc.items()}
@@ -89,7 +120,7 @@ class TextEmbedder:
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[start:start + len(chunk)] = pooled.float().cpu().numpy()
+                out[rows] = pooled.float().cpu().numpy()
         return out
 
 
@@ -173,13 +204,21 @@ class CachedEmbedder:
     """Embeds through the cache; the model is loaded on the first miss only."""
 
     def __init__(self, name_or_path: str = BUNDLED, cache_dir: str = ".run/embedding-cache",
-                 device: str = "auto", batch_size: int = 32, max_length: int = 128):
-        self.model_id, _ = resolve_model(name_or_path)
+                 device: str = "auto", batch_size: int = 32, max_length: int = 128,
+                 precision: str = "fp32"):
+        self.model_id = model_id_for(name_or_path, precision)
         self._model_args = dict(name_or_path=name_or_path, device=device, batch_size=batch_size,
-                                max_length=max_length)
+                                max_length=max_length, precision=precision)
         self._embedder: Optional[TextEmbedder] = None
         self.cache = EmbeddingCache(cache_dir)
         self.stats = EmbedStats()
+
+    @classmethod
+    def from_settings(cls, model, device: str | None = None) -> "CachedEmbedder":
+        """From the ``model`` settings section (``device`` overrides model.device)."""
+        return cls(model.name_or_path, cache_dir=model.cache_dir,
+                   device=device or model.device, batch_size=model.batch_size,
+                   max_length=model.max_length, precision=model.precision)
 
     @property
     def embedder(self) -> TextEmbedder:

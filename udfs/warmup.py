@@ -27,8 +27,7 @@ def warm_cache(item_records: list[dict], model: ModelSettings, progress: bool = 
             continue
         if not item.deleted:
             texts.append(item.text())
-    embedder = CachedEmbedder(model.name_or_path, cache_dir=model.cache_dir, device=model.device,
-                              batch_size=model.batch_size, max_length=model.max_length)
+    embedder = CachedEmbedder.from_settings(model)
     try:
         missing = [t for t in dict.fromkeys(texts)
                    if embedder.cache.get(embedder.model_id, t) is None]
