@@ -16,6 +16,7 @@ demo: install
 	@$(SR) demo --data "$(DATA)" $(if $(DEMO_LIMIT),--limit $(DEMO_LIMIT),) $(if $(DEMO_RATE),--rate $(DEMO_RATE),)
 
 test: install
+	@scripts/install-test-tools.sh
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 unit: install

@@ -95,6 +95,107 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_cluster(args) -> int:
+    from streamrank.cluster import ClusterError, StandaloneCluster
+
+    settings = _settings(args)
+    cluster = StandaloneCluster(settings)
+    try:
+        if args.action == "up":
+            cluster.up()
+            ov = cluster.overview()
+            print(f"cluster: up, {ov['taskmanagers']} TaskManager(s), {ov['slots-total']} slots; "
+                  f"web UI and REST API on {cluster.rest}; logs in {cluster.log_dir}")
+        elif args.action == "submit":
+            job_id = cluster.submit(settings, savepoint=args.savepoint,
+                                    parallelism=args.parallelism)
+            cluster.wait_job_running(job_id, wait_s=args.wait)
+            print(f"cluster: job {job_id} RUNNING; {cluster.rest}/#/job/running/{job_id}/overview")
+        elif args.action == "status":
+            if not cluster.answers():
+                print(f"cluster: not running ({cluster.rest} does not answer)")
+                return 3
+            ov = cluster.overview()
+            print(f"cluster: running on {cluster.rest}: {ov['taskmanagers']} TaskManager(s), "
+                  f"{ov['slots-available']}/{ov['slots-total']} slots free")
+            for job in cluster.jobs():
+                line = f"  job {job.job_id} {job.name}: {job.state}"
+                if job.state == "RUNNING":
+                    by_operator: dict[str, list[str]] = {}
+                    for key, v in sorted(cluster.operator_metrics(job.job_id).items()):
+                        operator, name = key.split(".", 1)[0], key.rsplit(".", 1)[1]
+                        by_operator.setdefault(operator, []).append(f"{name}={int(v)}")
+                    for operator, values in by_operator.items():
+                        line += f"\n    {operator}: " + " ".join(values)
+                print(line)
+        elif args.action == "stop":
+            jobs = [j for j in cluster.jobs() if j.state == "RUNNING"]
+            if not jobs:
+                print("cluster: no running job")
+                return 3
+            for job in jobs:
+                path = cluster.stop_with_savepoint(
+                    job.job_id, os.path.abspath(args.savepoint_dir))
+                print(f"cluster: job {job.job_id} stopped with savepoint {path}\n"
+                      f"  resume: streamrank cluster submit --savepoint {path}")
+        elif args.action == "down":
+            pids = cluster.down()
+            print(f"cluster: stopped {len(pids)} process(es)" if pids
+                  else "cluster: was not running")
+    except ClusterError as exc:
+        print(f"streamrank cluster {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from streamrank.sql import TABLES, VIEWS, run_query
+
+    if args.list:
+        print("tables: " + ", ".join(TABLES) + "\nviews:  " + ", ".join(VIEWS))
+        for name, query in VIEWS.items():
+            print(f"\n-- {name}\n" + "\n".join(line[8:] if line.startswith(" " * 8) else line
+                                               for line in query.strip("\n").splitlines()))
+        return 0
+    if args.file:
+        with open(args.file) as f:
+            query = f.read()
+    elif args.query:
+        query = args.query
+    else:
+        print("streamrank sql: give a query, --file FILE or --list", file=sys.stderr)
+        return 2
+    run_query(_settings(args), query, max_rows=args.max_rows)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from streamrank.bench import run_bench
+
+    result = run_bench(_settings(args), args.data, events=args.events,
+                       latency_events=args.latency_events, rate=args.rate,
+                       parallelism=args.parallelism, embed_texts=args.embed_texts,
+                       out_dir=args.out, skip_embedding=args.skip_embedding)
+    print(f"bench: plot {result.pop('plot')}, json {args.out}/bench.json", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_chaos(args) -> int:
+    from streamrank.chaos import run_chaos
+
+    report = run_chaos(_settings(args), args.data, limit=args.limit or None, kills=args.kills,
+                       malformed=args.malformed, parallelism=args.parallelism, rate=args.rate,
+                       checkpoint_ms=args.checkpoint_ms, seed=args.seed,
+                       timeout_s=args.timeout)
+    details = {"dlq_reasons": report.dlq_reasons, "lost_examples": report.lost_examples,
+               "duplicate_examples": report.duplicate_examples,
+               "mismatch_examples": report.mismatch_examples}
+    print(f"chaos: {'PASS' if report.ok else 'FAIL'} {json.dumps(details)}", file=sys.stderr)
+    print(json.dumps(report.summary()))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=os.environ.get("STREAMRANK_CONFIG"),
@@ -156,6 +257,62 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-kafka", action="store_true",
                    help="leave the local broker running afterwards")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("cluster", parents=[common],
+                       help="a standalone Flink cluster on this machine (from the wheel)")
+    s.add_argument("action", choices=["up", "submit", "status", "stop", "down"],
+                   help="up: start JobManager + TaskManager(s); submit: run the job on it; "
+                        "status: cluster, jobs and streamrank metrics; stop: stop the running "
+                        "job with a savepoint; down: stop every process")
+    s.add_argument("--savepoint", help="submit: start from this savepoint")
+    s.add_argument("--parallelism", type=int, help="submit: job parallelism")
+    s.add_argument("--savepoint-dir", default=".run/savepoints",
+                   help="stop: where the savepoint goes (default .run/savepoints)")
+    s.add_argument("--wait", type=float, default=180,
+                   help="submit: seconds to wait for RUNNING (default 180)")
+    s.set_defaults(func=cmd_cluster)
+
+    s = sub.add_parser("sql", parents=[common],
+                       help="query the topics in Flink SQL (tables events, rankings, dlq, "
+                            "items_dlq and ready-made views)")
+    s.add_argument("query", nargs="?", help='e.g. "SELECT * FROM dlq_reasons"')
+    s.add_argument("--file", help="read the query from this file")
+    s.add_argument("--list", action="store_true", help="list tables and views (with their SQL)")
+    s.add_argument("--max-rows", type=int, default=0, help="print at most N rows (0 = all)")
+    s.set_defaults(func=cmd_sql)
+
+    s = sub.add_parser("bench", parents=[common],
+                       help="throughput/latency of the job vs a plain consumer loop, embedding "
+                            "speed")
+    s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
+    s.add_argument("--events", type=int, default=10000,
+                   help="events for the throughput phase (default 10000)")
+    s.add_argument("--latency-events", type=int, default=3000,
+                   help="events for the fixed-rate latency phase (default 3000)")
+    s.add_argument("--rate", type=float, default=2000, help="latency phase rate (default 2000/s)")
+    s.add_argument("--parallelism", type=int, default=1)
+    s.add_argument("--embed-texts", type=int, default=512,
+                   help="catalog texts for the embedding phase (default 512)")
+    s.add_argument("--skip-embedding", action="store_true")
+    s.add_argument("--out", default=".run/bench", help="where bench.json and bench.png go")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("chaos", parents=[common],
+                       help="kill TaskManagers during a replay; check exactly-once rankings")
+    s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
+    s.add_argument("--limit", type=int, default=20000,
+                   help="replay the first N events (default 20000; 0 = all)")
+    s.add_argument("--kills", type=int, default=2, help="TaskManager SIGKILLs (default 2)")
+    s.add_argument("--malformed", type=int, default=0,
+                   help="malformed records mixed into the replay (default 0)")
+    s.add_argument("--parallelism", type=int, default=1)
+    s.add_argument("--rate", type=float, default=0.0,
+                   help="events per second (default 0: as fast as possible)")
+    s.add_argument("--checkpoint-ms", type=int, default=2000,
+                   help="checkpoint interval of the run (default 2000)")
+    s.add_argument("--seed", type=int, help="random seed (kill points, malformed mix)")
+    s.add_argument("--timeout", type=float, default=3600, help="give up after this many s")
+    s.set_defaults(func=cmd_chaos)
     return p
 
 
