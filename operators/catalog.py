@@ -30,6 +30,12 @@ class CatalogIndex:
         self.neighbours: dict[str, dict[str, float]] = {}
         self._nbr_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._n = 0
+        # Candidate retrieval (large catalogs only): the ANN index, built on first use, and
+        # the most popular/trending rows, recomputed when the statistics change.
+        self._ann = None
+        self._ann_changed = False
+        self._stats_version = 0
+        self._popular: tuple[int, int, np.ndarray] = (-1, 0, np.empty(0, np.int64))
 
     def __len__(self) -> int:
         """Number of live (not deleted) items."""
@@ -82,6 +88,9 @@ class CatalogIndex:
             self._nbr_arrays.clear()  # a new row may resolve neighbour ids
         else:
             self.titles[r] = title
+            if self._ann is not None and r < self._ann.indexed and \
+                    not np.array_equal(self.matrix[r], vec):
+                self._ann_changed = True
         self.matrix[r] = vec
         self.deleted[r] = False
         return r
@@ -100,6 +109,7 @@ class CatalogIndex:
         else:
             self.log_pop[r] = log_pop
             self.count[r] = count
+            self._stats_version += 1
 
     def set_neighbours(self, item_id: str, neighbours: dict[str, float]) -> None:
         self.neighbours[item_id] = neighbours
@@ -143,3 +153,38 @@ class CatalogIndex:
 
     def counts(self) -> np.ndarray:
         return self.count[: self._n]
+
+    # -- candidate retrieval -----------------------------------------------------------------
+
+    def ann_rows(self, queries: np.ndarray, k: int, nprobe: int = 32) -> np.ndarray:
+        """Rows of about the ``k`` nearest items of each query vector (deleted included)."""
+        from operators.retrieval import AnnIndex
+
+        if self._ann is None or self._ann.dim != self.dim:
+            self._ann = AnnIndex(self.dim, nprobe=nprobe)
+        self._ann.nprobe = nprobe
+        self._ann.sync(self.matrix, self._n, changed=self._ann_changed)
+        self._ann_changed = False
+        return self._ann.search(queries, k)
+
+    def popular_rows(self, k: int) -> np.ndarray:
+        """The ``k`` rows with the most interactions and the ``k`` most trending ones (the
+        trending order is the order of ``log_pop`` at any time: the decay is common), as of
+        the last refresh."""
+        version, size, rows = self._popular
+        # Refreshed when 1% of the catalog's statistics have changed since (or rows were
+        # added): two partial sorts of the whole catalog per ranking cost more than the rest of
+        # a large catalog's candidate stage.
+        if size == self._n and rows.size and \
+                self._stats_version - version < max(1, self._n // 100):
+            return rows
+        n = self._n
+        picks = []
+        for values in (self.count[:n], self.log_pop[:n]):
+            kk = min(k, n)
+            if kk > 0:
+                top = np.argpartition(-values, kk - 1)[:kk] if kk < n else np.arange(n)
+                picks.append(top[np.isfinite(values[top]) & (values[top] > -np.inf)])
+        rows = np.unique(np.concatenate(picks)) if picks else np.empty(0, np.int64)
+        self._popular = (self._stats_version, n, rows)
+        return rows

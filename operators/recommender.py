@@ -54,6 +54,10 @@ class ModelParams:
     max_seen: int = 5000
     max_pending: int = 100
     cooc_positive_only: bool = False
+    exact_max_items: int = 20_000
+    ann_candidates: int = 200
+    ann_nprobe: int = 16
+    popular_candidates: int = 200
 
     @classmethod
     def from_settings(cls, r) -> "ModelParams":
@@ -67,7 +71,9 @@ class ModelParams:
             fusion_weights=tuple(float(r.fusion_weights[f]) for f in fusion.FEATURES),
             learning_rate=r.learning_rate, l2=r.l2, mmr_lambda=r.mmr_lambda,
             mmr_candidates=r.mmr_candidates, max_seen=r.max_seen, max_pending=r.max_pending,
-            cooc_positive_only=r.cooc_positive_only)
+            cooc_positive_only=r.cooc_positive_only, exact_max_items=r.exact_max_items,
+            ann_candidates=r.ann_candidates, ann_nprobe=r.ann_nprobe,
+            popular_candidates=r.popular_candidates)
 
     @property
     def prior(self) -> np.ndarray:
@@ -84,8 +90,9 @@ class ModelParams:
         return weight > 0 or (event_type == "rating" and not self.cooc_positive_only)
 
 
-def _rel_log(values: np.ndarray) -> np.ndarray:
-    top = float(values.max()) if values.size else 0.0
+def _rel_log(values: np.ndarray, top: float) -> np.ndarray:
+    """log1p(values) relative to log1p(top), ``top`` being the largest value of the whole
+    catalog (so a slice of rows gets exactly the values it has in the full vector)."""
     return np.log1p(values) / math.log1p(top) if top > 0 else np.zeros_like(values)
 
 
@@ -108,41 +115,58 @@ def cooc_scores(state: UserState, cat: CatalogIndex, p: ModelParams,
         if contributions:
             per_item.append((x, rows, part))
     if all_rows:  # one scatter-add for the whole history (np.add.at per item is ~10x slower)
-        scores = np.bincount(np.concatenate(all_rows), weights=np.concatenate(all_parts),
-                             minlength=n)[:n]
+        rows = np.concatenate(all_rows)
+        scores = np.bincount(rows, weights=np.concatenate(all_parts), minlength=n)[:n]
+        hit = np.unique(rows)  # normalise only the rows that co-occur (the rest stay 0)
+        scores[hit] /= np.sqrt(np.maximum(counts[hit], 1.0))
     else:
         scores = np.zeros(n)
-    scores /= np.sqrt(np.maximum(counts, 1.0))
     return (scores, per_item) if contributions else scores
 
 
 def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
              rows: Optional[np.ndarray] = None,
              cooc: Optional[np.ndarray] = None) -> np.ndarray:
-    """The [n, 4] feature matrix for all catalog rows (or only ``rows``)."""
+    """The [n, 4] feature matrix for all catalog rows (or only ``rows``: the same values those
+    rows have in the full matrix; every normalisation uses catalog-wide maxima)."""
     n = cat.size
     feats = np.zeros((n if rows is None else len(rows), 4))
-    if n == 0:
+    if n == 0 or feats.shape[0] == 0:
         return feats
-    mat = cat.live_matrix() if rows is None else cat.live_matrix()[rows]
+
+    def sel(values: np.ndarray) -> np.ndarray:
+        return values if rows is None else values[rows]
+
     if state.has_interest and state.dim == cat.dim:
-        feats[:, F_CONTENT] = interests.content_scores(state.centroids, mat)
+        feats[:, F_CONTENT] = interests.content_scores(state.centroids, sel(cat.live_matrix()))
     co = cooc_scores(state, cat, p) if cooc is None else cooc
     top = float(co.max())
     if top > 0:
-        rel = (co / top) if rows is None else (co[rows] / top)
         feats[:, F_COOC] = np.maximum(
-            1.0 + np.log(rel + COOC_FLOOR) / -math.log(COOC_FLOOR), 0.0)
-    pop = _rel_log(cat.counts())
-    lp = cat.popularity()
-    finite = np.isfinite(lp)
-    trend = np.zeros(n)
-    if finite.any():
-        trend[finite] = np.exp(lp[finite] - now_ts * math.log(2.0) / p.popularity_half_life_ms)
-    trend = _rel_log(trend)
-    feats[:, F_POP] = pop if rows is None else pop[rows]
-    feats[:, F_TREND] = trend if rows is None else trend[rows]
+            1.0 + np.log(sel(co) / top + COOC_FLOOR) / -math.log(COOC_FLOOR), 0.0)
+    counts = cat.counts()
+    feats[:, F_POP] = _rel_log(sel(counts), float(counts.max()))
+    lp_all = cat.popularity()
+    lp_top = float(lp_all.max())
+    if math.isfinite(lp_top):
+        decay = now_ts * math.log(2.0) / p.popularity_half_life_ms
+        lp = sel(lp_all)
+        trend = np.zeros(lp.shape[0])
+        finite = np.isfinite(lp)
+        trend[finite] = np.exp(lp[finite] - decay)
+        feats[:, F_TREND] = _rel_log(trend, math.exp(lp_top - decay))
     return feats
+
+
+def candidate_rows(state: UserState, cat: CatalogIndex, p: ModelParams,
+                   cooc: np.ndarray) -> np.ndarray:
+    """The rows a large catalog scores for this user (see ``ranking.exact_max_items``):
+    every co-occurring item, the ANN neighbours of each interest centroid, and the most
+    popular and trending items. Sorted, unique."""
+    parts = [np.flatnonzero(cooc > 0), cat.popular_rows(p.popular_candidates)]
+    if state.has_interest and state.dim == cat.dim:
+        parts.append(cat.ann_rows(state.centroids, p.ann_candidates, p.ann_nprobe))
+    return np.unique(np.concatenate(parts))
 
 
 def user_weights(state: UserState, p: ModelParams) -> np.ndarray:
@@ -157,52 +181,73 @@ class Ranked:
 
 
 def rank(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
-         explain: bool = True, cooc: Optional[np.ndarray] = None) -> Ranked:
-    """The user's top-k: fused scores, seen and deleted items excluded, MMR diversity."""
+         explain: bool = True, cooc: Optional[np.ndarray] = None,
+         exact: Optional[bool] = None) -> Ranked:
+    """The user's top-k: fused scores, seen and deleted items excluded, MMR diversity.
+    Catalogs over ``p.exact_max_items`` rows score only ``candidate_rows`` (``exact``
+    forces either way)."""
     if cat.size == 0:
         return Ranked([], [], [])
     per_item = None
     if explain:  # one co-occurrence pass serves both the scores and the reasons
         cooc, per_item = cooc_scores(state, cat, p, contributions=True)
-    feats = features(state, cat, p, now_ts, cooc=cooc)
+    elif cooc is None:
+        cooc = cooc_scores(state, cat, p)
+    if exact is None:
+        exact = cat.size <= p.exact_max_items
+    cand = None if exact else candidate_rows(state, cat, p, cooc)
+    feats = features(state, cat, p, now_ts, rows=cand, cooc=cooc)
     w = user_weights(state, p)
     scores = fusion.fuse(feats, w)
     exclude = cat.exclusion_mask(state.seen)
-    pool = ranking.top_k(scores, max(p.k, p.mmr_candidates), exclude)
+    pool = ranking.top_k(scores, max(p.k, p.mmr_candidates),
+                         exclude if cand is None else exclude[cand])
     if pool.size == 0:
         return Ranked([], [], [])
-    picked = diversity.mmr(scores[pool], cat.live_matrix()[pool], p.k, p.mmr_lambda)
-    rows = [int(pool[i]) for i in picked]
-    reasons = (explain_rows(state, cat, p, rows, feats, w, per_item) if explain
+    pool_rows = pool if cand is None else cand[pool]
+    picked = diversity.mmr(scores[pool], cat.live_matrix()[pool_rows], p.k, p.mmr_lambda)
+    rows = [int(pool_rows[i]) for i in picked]
+    at = [int(pool[i]) for i in picked]  # the same rows' positions in feats/scores
+    reasons = (explain_rows(state, cat, p, rows, feats[at], w, per_item) if explain
                else [""] * len(rows))
-    return Ranked(rows, [float(scores[r]) for r in rows], reasons)
+    return Ranked(rows, [float(scores[i]) for i in at], reasons)
 
 
 def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequence[int],
                  feats: np.ndarray, w: np.ndarray, per_item=None) -> list[str]:
     """A short reason per ranked row, from the signal that contributed most to its score.
-    ``per_item``: the co-occurrence contributions from ``cooc_scores(contributions=True)``."""
-    out = []
+    ``feats``: the rows' feature vectors, in the order of ``rows``. ``per_item``: the
+    co-occurrence contributions from ``cooc_scores(contributions=True)``."""
     hist_rows = [cat.row[x] for x in state.history if x in cat.row]
     if per_item is None:
         _, per_item = cooc_scores(state, cat, p, contributions=True)
-    for r in rows:
-        contrib = feats[r] * w
-        best = int(np.argmax(contrib))
-        reason = "trending now" if best == F_TREND else "popular"
-        if best == F_CONTENT and hist_rows:
+    best = [int(np.argmax(f * w)) for f in feats]
+    # For the rows explained by co-occurrence: the history item that contributed most (the
+    # first one on ties), found with one lookup per history item.
+    by_cooc = [r for r, b in zip(rows, best) if b == F_COOC]
+    cooc_from: dict[int, str] = {}
+    if by_cooc:
+        slot = np.full(cat.size, -1, dtype=np.int64)
+        slot[by_cooc] = np.arange(len(by_cooc))
+        top_v = np.zeros(len(by_cooc))
+        for x, nrows, part in per_item:
+            hit = slot[nrows]
+            for j, v in zip(hit[hit >= 0].tolist(), part[hit >= 0].tolist()):
+                if v > top_v[j]:
+                    top_v[j] = v
+                    cooc_from[by_cooc[j]] = x
+    out = []
+    for r, b in zip(rows, best):
+        reason = "trending now" if b == F_TREND else "popular"
+        if b == F_CONTENT and hist_rows:
             sims = cat.live_matrix()[hist_rows] @ cat.live_matrix()[r]
             reason = f"similar to {cat.titles[hist_rows[int(np.argmax(sims))]]}"
-        elif best == F_CONTENT:
+        elif b == F_CONTENT:
             reason = "matches your interests"
-        elif best == F_COOC:
-            top_x, top_v = None, 0.0
-            for x, nrows, part in per_item:
-                hit = np.nonzero(nrows == r)[0]
-                if hit.size and part[hit[0]] > top_v:
-                    top_x, top_v = x, part[hit[0]]
-            if top_x is not None and top_x in cat.row:
-                reason = f"often liked after {cat.titles[cat.row[top_x]]}"
+        elif b == F_COOC:
+            x = cooc_from.get(r)
+            if x is not None and x in cat.row:
+                reason = f"often liked after {cat.titles[cat.row[x]]}"
             else:
                 reason = "often liked together with your items"
         out.append(reason)

