@@ -341,16 +341,25 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
 
 
 class _Throttled:
-    """Emit an item's latest value at most once per interval (processing-time timer)."""
+    """Emit a key's latest value at most once per interval: a processing-time timer at the
+    next multiple of the interval. Flink keeps one timer per key and timestamp, so repeated
+    registrations within an interval collapse into one. ``_armed`` remembers the keys already
+    registered for the current boundary, so most records make no timer call at all; it is a
+    cache only (lost on restore, a repeated registration is harmless)."""
 
-    def _schedule(self, ctx, interval_ms: int) -> bool:
+    _armed: set
+    _armed_at: int = -1
+
+    def _schedule(self, ctx, key, interval_ms: int) -> bool:
         """True when the caller should emit now (no throttling); else a timer is armed."""
         if interval_ms <= 0:
             return True
-        if not self.timer_set.value():
-            self.timer_set.update(True)
-            ctx.timer_service().register_processing_time_timer(
-                ctx.timer_service().current_processing_time() + interval_ms)
+        boundary = (_now_ms() // interval_ms + 1) * interval_ms
+        if boundary != self._armed_at:
+            self._armed, self._armed_at = set(), boundary
+        if key not in self._armed:
+            self._armed.add(key)
+            ctx.timer_service().register_processing_time_timer(boundary)
         return False
 
 
@@ -369,7 +378,6 @@ class ItemStats(KeyedProcessFunction, _LoggedOpen, _Throttled):
         self._log_open(ctx, "item-stats")
         self.p = ModelParams.from_settings(self.cfg)
         self.stats = ctx.get_state(ValueStateDescriptor("stats", Types.PICKLED_BYTE_ARRAY()))
-        self.timer_set = ctx.get_state(ValueStateDescriptor("emit-pending", Types.BOOLEAN()))
 
     def process_element(self, ev, ctx) -> Iterable:
         raw = self.stats.value()
@@ -380,11 +388,10 @@ class ItemStats(KeyedProcessFunction, _LoggedOpen, _Throttled):
             return
         log_pop, count = updated
         self.stats.update(_STATS.pack(log_pop, count))
-        if self._schedule(ctx, self.cfg.popularity_emit_interval_ms):
+        if self._schedule(ctx, ev["item_id"], self.cfg.popularity_emit_interval_ms):
             yield Row("pop", ev["item_id"], "", None, log_pop, count, None, None)
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
-        self.timer_set.clear()
         raw = self.stats.value()
         if raw is not None:
             log_pop, count = _STATS.unpack(raw)
@@ -444,13 +451,18 @@ class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
         self.counts = ctx.get_map_state(
             MapStateDescriptor("neighbour-counts", Types.STRING(), Types.DOUBLE()))
         self.size = ctx.get_state(ValueStateDescriptor("neighbour-n", Types.INT()))
-        self.timer_set = ctx.get_state(ValueStateDescriptor("emit-pending", Types.BOOLEAN()))
+        # Read cache of neighbour-n per item: this instance is the only writer of its keys'
+        # state, and a new instance (restore, rescale) starts empty and reads the state.
+        self._sizes: dict[str, int] = {}
 
     def _neighbours(self) -> dict[str, float]:
         return {k: v for k, v in self.counts.items()}
 
     def process_element(self, pair, ctx) -> Iterable:
-        size = self.size.value() or 0
+        size = self._sizes.get(pair[0])
+        if size is None:
+            size = self.size.value() or 0
+        before = size
         for neighbour in json.loads(pair[1]):
             current = self.counts.get(neighbour)
             self.counts.put(neighbour, (current or 0.0) + 1.0)
@@ -462,13 +474,16 @@ class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
                     self.counts.clear()
                     self.counts.put_all(kept)
                     size = len(kept)
-        self.size.update(size)
-        if self._schedule(ctx, self.cfg.popularity_emit_interval_ms):
+        if size != before:
+            self.size.update(size)
+        if len(self._sizes) >= 1_000_000:  # bounded: a miss only costs a state read
+            self._sizes.clear()
+        self._sizes[pair[0]] = size
+        if self._schedule(ctx, pair[0], self.cfg.popularity_emit_interval_ms):
             yield Row("nbrs", pair[0], "", None, None, None,
                       json.dumps(self._neighbours(), separators=(",", ":")), None)
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
-        self.timer_set.clear()
         neighbours = self._neighbours()
         if neighbours:
             yield Row("nbrs", ctx.get_current_key(), "", None, None, None,
