@@ -437,7 +437,7 @@ class UserHistory(KeyedProcessFunction, _LoggedOpen):
 
 class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
     """Co-occurrences keyed by item -> the item's neighbour counts for the broadcast
-    (the heaviest ``max_neighbours``), at most once per ``popularity_emit_interval_ms``.
+    (the heaviest ``max_neighbours``), at most once per ``neighbours_emit_interval_ms``.
 
     Counts live in a MapState so one pair costs one increment, not a rewrite of the item's
     whole neighbour list; the list is assembled only when it is emitted.
@@ -479,7 +479,7 @@ class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
         if len(self._sizes) >= 1_000_000:  # bounded: a miss only costs a state read
             self._sizes.clear()
         self._sizes[pair[0]] = size
-        if self._schedule(ctx, pair[0], self.cfg.popularity_emit_interval_ms):
+        if self._schedule(ctx, pair[0], self.cfg.neighbours_emit_interval_ms):
             yield Row("nbrs", pair[0], "", None, None, None,
                       json.dumps(self._neighbours(), separators=(",", ":")), None)
 

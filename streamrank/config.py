@@ -108,6 +108,7 @@ class RankingSettings:
     rating_scale: float = 2.0
     popularity_half_life_hours: float = 1.0e9
     popularity_emit_interval_ms: int = 1000
+    neighbours_emit_interval_ms: int = 5000
     max_seen: int = 5000
     max_pending: int = 100
     pending_retry_ms: int = 500

@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.model]
 def test_job_and_eval_agree_on_the_final_rankings(kafka_bootstrap, tmp_path):
     data = write_dataset(tmp_path / "ml", users_per_genre=5)
     settings = isolated_settings(kafka_bootstrap, tmp_path,
-                                 **{"ranking.popularity_emit_interval_ms": 0})
+                                 **{"ranking.popularity_emit_interval_ms": 0,
+                                    "ranking.neighbours_emit_interval_ms": 0})
     expected = run_eval(settings, str(data), out_dir=str(tmp_path / "eval"), progress=False,
                         methods=("streamrank",), mirror_job=True)["final_rankings"]
 
