@@ -13,6 +13,7 @@ import math
 import os
 import struct
 import time
+import zlib
 from typing import Iterable
 
 import numpy as np
@@ -342,23 +343,26 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
 
 class _Throttled:
     """Emit a key's latest value at most once per interval: a processing-time timer at the
-    next multiple of the interval. Flink keeps one timer per key and timestamp, so repeated
-    registrations within an interval collapse into one. ``_armed`` remembers the keys already
-    registered for the current boundary, so most records make no timer call at all; it is a
-    cache only (lost on restore, a repeated registration is harmless)."""
+    key's next interval boundary. Boundaries are offset per key (a hash of it), so the timers
+    of thousands of keys do not all fire in the same millisecond. Flink keeps one timer per
+    key and timestamp, so repeated registrations within an interval collapse into one;
+    ``_armed`` remembers the (key, boundary) pairs already registered, so most records make
+    no timer call at all. It is a cache only: lost on restore, a repeated registration is
+    harmless."""
 
-    _armed: set
-    _armed_at: int = -1
+    _armed: dict
 
-    def _schedule(self, ctx, key, interval_ms: int) -> bool:
+    def _schedule(self, ctx, key: str, interval_ms: int) -> bool:
         """True when the caller should emit now (no throttling); else a timer is armed."""
         if interval_ms <= 0:
             return True
-        boundary = (_now_ms() // interval_ms + 1) * interval_ms
-        if boundary != self._armed_at:
-            self._armed, self._armed_at = set(), boundary
-        if key not in self._armed:
-            self._armed.add(key)
+        phase = zlib.crc32(key.encode("utf-8")) % interval_ms
+        boundary = ((_now_ms() - phase) // interval_ms + 1) * interval_ms + phase
+        armed = self.__dict__.setdefault("_armed", {})
+        if armed.get(key) != boundary:
+            if len(armed) >= 1_000_000:  # bounded: a miss only costs a timer call
+                armed.clear()
+            armed[key] = boundary
             ctx.timer_service().register_processing_time_timer(boundary)
         return False
 
