@@ -184,7 +184,7 @@ class CatalogIndex:
             kk = min(k, n)
             if kk > 0:
                 top = np.argpartition(-values, kk - 1)[:kk] if kk < n else np.arange(n)
-                picks.append(top[np.isfinite(values[top]) & (values[top] > -np.inf)])
+                picks.append(top[np.isfinite(values[top])])
         rows = np.unique(np.concatenate(picks)) if picks else np.empty(0, np.int64)
         self._popular = (self._stats_version, n, rows)
         return rows

@@ -350,15 +350,13 @@ class _Throttled:
     no timer call at all. It is a cache only: lost on restore, a repeated registration is
     harmless."""
 
-    _armed: dict
-
     def _schedule(self, ctx, key: str, interval_ms: int) -> bool:
         """True when the caller should emit now (no throttling); else a timer is armed."""
         if interval_ms <= 0:
             return True
         phase = zlib.crc32(key.encode("utf-8")) % interval_ms
         boundary = ((_now_ms() - phase) // interval_ms + 1) * interval_ms + phase
-        armed = self.__dict__.setdefault("_armed", {})
+        armed = self._armed  # set in open()
         if armed.get(key) != boundary:
             if len(armed) >= 1_000_000:  # bounded: a miss only costs a timer call
                 armed.clear()
@@ -382,6 +380,7 @@ class ItemStats(KeyedProcessFunction, _LoggedOpen, _Throttled):
         self._log_open(ctx, "item-stats")
         self.p = ModelParams.from_settings(self.cfg)
         self.stats = ctx.get_state(ValueStateDescriptor("stats", Types.PICKLED_BYTE_ARRAY()))
+        self._armed: dict[str, int] = {}
 
     def process_element(self, ev, ctx) -> Iterable:
         raw = self.stats.value()
@@ -458,6 +457,7 @@ class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
         # Read cache of neighbour-n per item: this instance is the only writer of its keys'
         # state, and a new instance (restore, rescale) starts empty and reads the state.
         self._sizes: dict[str, int] = {}
+        self._armed: dict[str, int] = {}
 
     def _neighbours(self) -> dict[str, float]:
         return {k: v for k, v in self.counts.items()}

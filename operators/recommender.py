@@ -163,7 +163,7 @@ def candidate_rows(state: UserState, cat: CatalogIndex, p: ModelParams,
     """The rows a large catalog scores for this user (see ``ranking.exact_max_items``):
     every co-occurring item, the ANN neighbours of each interest centroid, and the most
     popular and trending items. Sorted, unique."""
-    parts = [np.flatnonzero(cooc > 0), cat.popular_rows(p.popular_candidates)]
+    parts = [np.flatnonzero(cooc), cat.popular_rows(p.popular_candidates)]  # cooc >= 0
     if state.has_interest and state.dim == cat.dim:
         parts.append(cat.ann_rows(state.centroids, p.ann_candidates, p.ann_nprobe))
     return np.unique(np.concatenate(parts))
@@ -232,7 +232,8 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
         top_v = np.zeros(len(by_cooc))
         for x, nrows, part in per_item:
             hit = slot[nrows]
-            for j, v in zip(hit[hit >= 0].tolist(), part[hit >= 0].tolist()):
+            found = hit >= 0
+            for j, v in zip(hit[found].tolist(), part[found].tolist()):
                 if v > top_v[j]:
                     top_v[j] = v
                     cooc_from[by_cooc[j]] = x
