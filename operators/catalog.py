@@ -8,7 +8,7 @@ excluded from every ranking. Pure numpy; the Flink ranker mirrors it in broadcas
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -25,9 +25,11 @@ class CatalogIndex:
         self.log_pop = np.full(0, -math.inf)
         self.count = np.zeros(0)  # interactions per item (co-occurrence normalisation)
         self._early_pop: dict[str, tuple[float, float]] = {}  # stats of items not embedded yet
-        # Co-occurrence neighbours: item row -> {neighbour id: count}, plus a cache of the
-        # same as (rows, counts) arrays for vectorised scoring.
+        # Co-occurrence neighbours: item -> {neighbour id: count}, plus a cache of the
+        # same as (rows, counts) arrays for vectorised scoring; ``earlier``: the halves the
+        # counts are summed from (see set_cooccurrence).
         self.neighbours: dict[str, dict[str, float]] = {}
+        self.earlier: dict[str, dict[str, float]] = {}
         self._nbr_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._n = 0
         # Candidate retrieval (large catalogs only): the ANN index, built on first use, and
@@ -35,6 +37,7 @@ class CatalogIndex:
         self._ann = None
         self._ann_changed = False
         self._stats_version = 0
+        self._derived: dict = {}
         self._popular: tuple[int, int, np.ndarray] = (-1, 0, np.empty(0, np.int64))
 
     def __len__(self) -> int:
@@ -112,8 +115,43 @@ class CatalogIndex:
             self._stats_version += 1
 
     def set_neighbours(self, item_id: str, neighbours: dict[str, float]) -> None:
+        """Set one item's neighbour counts directly (tests and tools; the job and eval use
+        :meth:`set_cooccurrence`)."""
         self.neighbours[item_id] = neighbours
         self._nbr_arrays.pop(item_id, None)
+
+    def set_cooccurrence(self, item_id: str, earlier: dict[str, float],
+                         changed: Optional[Iterable[str]] = None) -> None:
+        """One item's half of the co-occurrence counts: how often each item x was in a
+        user's recent history when ``item_id`` was consumed. Each pair is counted once, under
+        the item consumed later (one keyed update per event instead of one per history
+        item); the count of the pair {i, x} is i's count of x plus x's count of i, and
+        ``neighbours`` holds it for both items.
+
+        ``changed``: the only keys whose count changed or that left ``earlier`` (then
+        ``earlier`` may be the same dict as before, updated in place); without it every key
+        of the previous and the new dict is recomputed, so ``earlier`` must be a new dict."""
+        old = self.earlier.get(item_id, {})
+        self.earlier[item_id] = earlier
+        if changed is None:  # in a fixed order: neighbour dicts keep insertion order
+            changed = list(earlier) + [x for x in old if x not in earlier]
+        for x in changed:
+            total = earlier.get(x, 0.0) + self.earlier.get(x, {}).get(item_id, 0.0)
+            for a, b in ((item_id, x), (x, item_id)):
+                nbrs = self.neighbours.get(a)
+                if total > 0:
+                    if nbrs is None:
+                        nbrs = self.neighbours[a] = {}
+                    nbrs[b] = total
+                elif nbrs is not None:
+                    nbrs.pop(b, None)
+                self._nbr_arrays.pop(a, None)
+
+    def copy_cooccurrence(self, other: "CatalogIndex") -> None:
+        """Take over another catalog's co-occurrence counts (a model swap's new catalog)."""
+        self.earlier = {k: dict(v) for k, v in other.earlier.items()}
+        self.neighbours = {k: dict(v) for k, v in other.neighbours.items()}
+        self._nbr_arrays.clear()
 
     def neighbour_arrays(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(rows, counts) of an item's known neighbours that are in the catalog."""
@@ -147,6 +185,15 @@ class CatalogIndex:
             if r is not None:
                 mask[r] = True
         return mask
+
+    def cached(self, key, compute):
+        """A value derived from the item statistics (``compute()``), recomputed only after
+        they change or rows are added."""
+        stamp = (self._stats_version, self._n)
+        hit = self._derived.get(key)
+        if hit is None or hit[0] != stamp:
+            hit = self._derived[key] = (stamp, compute())
+        return hit[1]
 
     def popularity(self) -> np.ndarray:
         return self.log_pop[: self._n]

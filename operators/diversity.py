@@ -21,15 +21,18 @@ def mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> list[
     lo, hi = float(relevance.min()), float(relevance.max())
     rel = (relevance - lo) / (hi - lo) if hi > lo else np.zeros(n)
     sims = vectors @ vectors.T
+    # value = lam * rel - (1 - lam) * (max similarity to the chosen items; 0 before the first)
+    base = lam * rel
+    value = base.copy()
     chosen: list[int] = []
-    max_sim = np.full(n, -np.inf)
-    available = np.ones(n, dtype=bool)
+    max_sim = None
     for _ in range(k):
-        penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
-        value = lam * rel - (1.0 - lam) * penalty
-        value[~available] = -np.inf
-        best = int(np.argmax(value))
+        best = int(np.argmax(value))  # ties: the lower position
         chosen.append(best)
-        available[best] = False
-        max_sim = np.maximum(max_sim, sims[best])
+        if len(chosen) == k:
+            break
+        max_sim = sims[best].copy() if max_sim is None else np.maximum(max_sim, sims[best],
+                                                                       out=max_sim)
+        value = base - (1.0 - lam) * max_sim
+        value[chosen] = -np.inf
     return chosen

@@ -126,9 +126,12 @@ def cooc_scores(state: UserState, cat: CatalogIndex, p: ModelParams,
 
 def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
              rows: Optional[np.ndarray] = None,
-             cooc: Optional[np.ndarray] = None) -> np.ndarray:
+             cooc: Optional[np.ndarray] = None,
+             content: Optional[np.ndarray] = None) -> np.ndarray:
     """The [n, 4] feature matrix for all catalog rows (or only ``rows``: the same values those
-    rows have in the full matrix; every normalisation uses catalog-wide maxima)."""
+    rows have in the full matrix; every normalisation uses catalog-wide maxima). ``content``:
+    the user's content scores of every catalog row, when the caller has them
+    (:func:`content_scores_batch`)."""
     n = cat.size
     feats = np.zeros((n if rows is None else len(rows), 4))
     if n == 0 or feats.shape[0] == 0:
@@ -137,15 +140,17 @@ def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     def sel(values: np.ndarray) -> np.ndarray:
         return values if rows is None else values[rows]
 
-    if state.has_interest and state.dim == cat.dim:
+    if content is not None:
+        feats[:, F_CONTENT] = sel(content)
+    elif state.has_interest and state.dim == cat.dim:
         feats[:, F_CONTENT] = interests.content_scores(state.centroids, sel(cat.live_matrix()))
     co = cooc_scores(state, cat, p) if cooc is None else cooc
     top = float(co.max())
     if top > 0:
         feats[:, F_COOC] = np.maximum(
             1.0 + np.log(sel(co) / top + COOC_FLOOR) / -math.log(COOC_FLOOR), 0.0)
-    counts = cat.counts()
-    feats[:, F_POP] = _rel_log(sel(counts), float(counts.max()))
+    feats[:, F_POP] = sel(cat.cached(("pop-feature",), lambda: _rel_log(
+        cat.counts(), float(cat.counts().max()))))
     lp_all = cat.popularity()
     lp_top = float(lp_all.max())
     if math.isfinite(lp_top):
@@ -182,10 +187,10 @@ class Ranked:
 
 def rank(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
          explain: bool = True, cooc: Optional[np.ndarray] = None,
-         exact: Optional[bool] = None) -> Ranked:
+         exact: Optional[bool] = None, content: Optional[np.ndarray] = None) -> Ranked:
     """The user's top-k: fused scores, seen and deleted items excluded, MMR diversity.
     Catalogs over ``p.exact_max_items`` rows score only ``candidate_rows`` (``exact``
-    forces either way)."""
+    forces either way). ``content``: precomputed content scores of every row (exact only)."""
     if cat.size == 0:
         return Ranked([], [], [])
     per_item = None
@@ -196,7 +201,7 @@ def rank(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     if exact is None:
         exact = cat.size <= p.exact_max_items
     cand = None if exact else candidate_rows(state, cat, p, cooc)
-    feats = features(state, cat, p, now_ts, rows=cand, cooc=cooc)
+    feats = features(state, cat, p, now_ts, rows=cand, cooc=cooc, content=content)
     w = user_weights(state, p)
     scores = fusion.fuse(feats, w)
     exclude = cat.exclusion_mask(state.seen)
@@ -213,6 +218,45 @@ def rank(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     return Ranked(rows, [float(scores[i]) for i in at], reasons)
 
 
+def content_scores_batch(states: Sequence[UserState],
+                         cat: CatalogIndex) -> list[Optional[np.ndarray]]:
+    """Exact content scores of every catalog row for several users, from one matrix product
+    of all their centroids with the catalog: on 2 cores ~0.22 ms per user of 4 centroids
+    against 9,742 x 384 items, vs ~0.8 ms for one user's matrix-vector products (a GEMM
+    reuses each catalog row for every centroid while it is in cache). None for a user
+    without interests (content 0)."""
+    owners, blocks = [], []
+    for i, st in enumerate(states):
+        if st.has_interest and st.dim == cat.dim:
+            owners.append((i, st.centroids.shape[0]))
+            blocks.append(st.centroids)
+    out: list[Optional[np.ndarray]] = [None] * len(states)
+    if not blocks or cat.size == 0:
+        return out
+    scores = np.vstack(blocks) @ cat.live_matrix().T  # [all centroids, n]
+    at = 0
+    for i, m in owners:
+        out[i] = scores[at] if m == 1 else scores[at:at + m].max(axis=0)
+        at += m
+    return out
+
+
+def rank_batch(requests: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: ModelParams,
+               explain: bool = True, chunk: int = 64) -> list[Ranked]:
+    """:func:`rank` for several users at once (``requests``: (state, event time) pairs, at
+    most one per user): the same rankings, with the content scores of an exact catalog
+    computed ``chunk`` users per matrix product. Larger catalogs score candidates per user."""
+    out: list[Ranked] = []
+    for start in range(0, len(requests), max(1, chunk)):
+        part = requests[start:start + chunk]
+        contents: list[Optional[np.ndarray]] = [None] * len(part)
+        if 1 < len(part) and cat.size <= p.exact_max_items:
+            contents = content_scores_batch([st for st, _ in part], cat)
+        out.extend(rank(st, cat, p, ts, explain=explain, content=c)
+                   for (st, ts), c in zip(part, contents))
+    return out
+
+
 def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequence[int],
                  feats: np.ndarray, w: np.ndarray, per_item=None) -> list[str]:
     """A short reason per ranked row, from the signal that contributed most to its score.
@@ -221,7 +265,7 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
     hist_rows = [cat.row[x] for x in state.history if x in cat.row]
     if per_item is None:
         _, per_item = cooc_scores(state, cat, p, contributions=True)
-    best = [int(np.argmax(f * w)) for f in feats]
+    best = np.argmax(feats * w, axis=1).tolist() if len(feats) else []
     # For the rows explained by co-occurrence: the history item that contributed most (the
     # first one on ties), found with one lookup per history item.
     by_cooc = [r for r, b in zip(rows, best) if b == F_COOC]
@@ -325,14 +369,10 @@ def item_stats_update(log_pop: float, count: float, event_type: str, weight: flo
     return log_pop, count + 1.0
 
 
-def cooc_pairs(history: Sequence[str], item_id: str) -> list[tuple[str, str]]:
-    """Co-occurrence pairs from one interaction: (x, item) and (item, x) for each recent x."""
-    pairs = []
-    for x in history:
-        if x != item_id:
-            pairs.append((x, item_id))
-            pairs.append((item_id, x))
-    return pairs
+def cooc_context(history: Sequence[str], item_id: str) -> list[str]:
+    """The items one interaction co-occurs with: the user's recent items but itself. Counted
+    under ``item_id`` only (see ``CatalogIndex.set_cooccurrence``)."""
+    return [x for x in history if x != item_id]
 
 
 def cooc_add(counts: dict[str, float], neighbour: str, max_neighbours: int) -> None:

@@ -4,11 +4,13 @@ Layout (little endian)::
 
     u8 version | u16 dim | u8 n_centroids | u8 n_weights | u32 n_events | i64 last_ts
     f32[n_centroids * dim] centroids | f32[n_centroids] masses | f64[n_weights] fusion weights
-    UTF-8 JSON tail {"seen": [...], "history": [...], "shown": [...], "pending": [...]}
+    UTF-8 JSON tail {"seen": [...], "history": [...], "shown": [...], "pending": [...],
+                     "model": "...", "due": [event_id, ts]}   (due only while set)
 
 ``seen`` are the items the user interacted with (never recommended again), ``history`` the
 most recent of them (co-occurrence context), ``shown`` the last top-k (negatives for learning),
-``pending`` events whose item was not in the catalog yet.
+``pending`` events whose item was not in the catalog yet, ``due`` the event applied last whose
+ranking is not emitted yet (micro-batched ranking: ``ranking.batch_window_ms``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class UserState:
     shown: list[str] = field(default_factory=list)
     pending: list[PendingEvent] = field(default_factory=list)
     model: str = ""  # the embedding model whose vector space the centroids live in
+    due: Optional[tuple[str, int]] = None  # (event_id, ts) applied, its ranking not yet out
 
     @classmethod
     def empty(cls, dim: int) -> "UserState":
@@ -77,12 +80,15 @@ class UserState:
         c = np.ascontiguousarray(self.centroids, dtype=np.float32)
         m = np.ascontiguousarray(self.masses, dtype=np.float32)
         w = np.zeros(0) if self.weights is None else np.asarray(self.weights, np.float64)
-        tail = json.dumps({
+        fields = {
             "seen": self.seen, "history": self.history, "shown": self.shown,
             "pending": [[p.item_id, p.weight, p.ts, p.event_id, p.held_at_ms, p.partition,
                          p.offset] for p in self.pending],
             "model": self.model,
-        }, separators=(",", ":")).encode("utf-8")
+        }
+        if self.due is not None:
+            fields["due"] = list(self.due)
+        tail = json.dumps(fields, separators=(",", ":")).encode("utf-8")
         return (_HEADER.pack(_VERSION, c.shape[1], c.shape[0], w.shape[0], self.n_events,
                              self.last_ts)
                 + c.tobytes() + m.tobytes() + w.tobytes() + tail)
@@ -101,9 +107,11 @@ class UserState:
         off += 8 * n_w
         tail = json.loads(bytes(data[off:]).decode("utf-8"))
         pending = [PendingEvent(p[0], float(p[1]), int(p[2]), *p[3:]) for p in tail["pending"]]
+        due = tail.get("due")
         return cls(centroids=c, masses=m, weights=w, n_events=n_events, last_ts=last_ts,
                    seen=tail["seen"], history=tail["history"], shown=tail["shown"],
-                   pending=pending, model=tail.get("model", ""))
+                   pending=pending, model=tail.get("model", ""),
+                   due=(str(due[0]), int(due[1])) if due else None)
 
     def mark_seen(self, item_id: str, max_seen: int, max_history: int) -> None:
         push_recent(self.seen, item_id, max_seen)

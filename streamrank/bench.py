@@ -28,6 +28,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -165,6 +166,7 @@ def catalog_scale(settings: Settings, items: list[dict], events: list[dict],
     from operators import recommender
     from operators.catalog import CatalogIndex
     from operators.recommender import ModelParams
+    from operators.user_state import UserState
     from streamrank.evaluate import ItemStatistics, embed_items
     from streamrank.inprocess import InProcessUsers
     from streamrank.messages import parse_event
@@ -188,7 +190,7 @@ def catalog_scale(settings: Settings, items: list[dict], events: list[dict],
                 cat.upsert(f"derived-{j}", f"{parsed[base[j]].title} #{j}", derived[j])
         return cat
 
-    def replay(cat: CatalogIndex, check_recall: bool) -> dict:
+    def replay(cat: CatalogIndex, check_recall: bool, keep: Optional[list] = None) -> dict:
         stats = ItemStatistics(cat, p, settings.ranking.max_neighbours)
         users = InProcessUsers(cat, p)
         spent, ranked, hits, total, ann_hits, ann_total = 0.0, 0, 0, 0, 0, 0
@@ -197,6 +199,8 @@ def catalog_scale(settings: Settings, items: list[dict], events: list[dict],
             step = users.handle(ev)
             if step.state is not None and step.applied:
                 st = step.state
+                if keep is not None:  # each ranking's input, for the batched measurement
+                    keep.append((UserState.from_bytes(st.to_bytes()), ev.ts))
                 t0 = time.perf_counter()
                 out = recommender.rank(st, cat, p, ev.ts)
                 spent += time.perf_counter() - t0
@@ -226,8 +230,27 @@ def catalog_scale(settings: Settings, items: list[dict], events: list[dict],
             res["recall_checks"] = total // max(p.k, 1)
         return res
 
-    small = replay(build(len(parsed)), check_recall=False)
+    requests: list = []
+    small_cat = build(len(parsed))
+    small = replay(small_cat, check_recall=False, keep=requests)
     _say(f"ranker, {small['catalog']} items, exact: {small['rankings_per_s']} rankings/s")
+    # The same rankings (each user's state after each event, the final catalog statistics),
+    # one at a time and micro-batched as the job does.
+    batch = max(1, settings.ranking.batch_max_users)
+    t0 = time.perf_counter()
+    for st, ts in requests:
+        recommender.rank(st, small_cat, p, ts)
+    one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for start in range(0, len(requests), batch):
+        recommender.rank_batch(requests[start:start + batch], small_cat, p, chunk=batch)
+    many = time.perf_counter() - t0
+    small["one_by_one_rankings_per_s"] = round(len(requests) / one, 1) if one else None
+    small["batched_rankings_per_s"] = round(len(requests) / many, 1) if many else None
+    small["batch_users"] = batch
+    _say(f"ranker, {small['catalog']} items, same {len(requests)} rankings: "
+         f"{small['one_by_one_rankings_per_s']}/s one by one, "
+         f"{small['batched_rankings_per_s']}/s in batches of {batch} users")
     t0 = time.perf_counter()
     big_cat = build(scale_items)
     big_cat.ann_rows(vecs[:1], 1, p.ann_nprobe)  # build the index before timing

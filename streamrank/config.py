@@ -132,6 +132,8 @@ class RankingSettings:
     ann_candidates: int = 200
     ann_nprobe: int = 16
     popular_candidates: int = 200
+    batch_window_ms: int = 10
+    batch_max_users: int = 64
 
 
 @dataclass(frozen=True)

@@ -52,12 +52,17 @@ class ItemStatistics:
         if updated is not None:
             self.log_pop[item_id], self.counts[item_id] = updated
             self.cat.set_popularity(item_id, *updated)
-            touched = set()
-            for x, y in recommender.cooc_pairs(history, item_id):
-                recommender.cooc_add(self.cooc[x], y, self.max_neighbours)
-                touched.add(x)
-            for x in touched:
-                self.cat.set_neighbours(x, self.cooc[x])
+            context = recommender.cooc_context(history, item_id)
+            if context:
+                earlier = self.cooc[item_id]
+                # The keys that change: the context, plus what pruning may remove.
+                changed = list(context)
+                if len(earlier) + len(context) > 2 * self.max_neighbours:
+                    in_context = set(context)
+                    changed += [x for x in earlier if x not in in_context]
+                for x in context:
+                    recommender.cooc_add(earlier, x, self.max_neighbours)
+                self.cat.set_cooccurrence(item_id, earlier, changed=changed)
 
 
 def embed_items(settings: Settings, items: list[dict]) -> tuple[list, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -81,6 +82,10 @@ def _decode(raw: Optional[bytes], max_bytes: int) -> dict:
     return obj
 
 
+# Ids are keys of Kafka records and of Flink state, and separators in compact state layouts.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _id(obj: dict, name: str, max_len: int, required: bool = True) -> str:
     value = obj.get(name)
     if value is None:
@@ -94,6 +99,8 @@ def _id(obj: dict, name: str, max_len: int, required: bool = True) -> str:
         raise InvalidRecord("empty_id", f"{name} is empty")
     if len(text) > max_len:
         raise InvalidRecord("id_too_long", f"{name} has {len(text)} chars > {max_len}")
+    if _CONTROL.search(text):
+        raise InvalidRecord("bad_id", f"{name} contains control characters")
     return text
 
 

@@ -38,6 +38,7 @@ def test_forget_user_needs_no_item_or_ts():
     (ev(user_id=...), "missing_field"),
     (ev(user_id="  "), "empty_id"),
     (ev(user_id="x" * 300), "id_too_long"),
+    (ev(item_id="a\nb"), "bad_id"),
     (ev(item_id=["a"]), "bad_type"),
     (ev(ts=...), "missing_field"),
     (ev(ts="yesterday"), "bad_type"),

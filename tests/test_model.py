@@ -63,6 +63,27 @@ def test_mmr_limits():
     assert diversity.mmr(rel[:0], vecs[:0], 3, 0.5) == []
 
 
+def test_mmr_matches_the_textbook_greedy_rule():
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((40, 16))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    rel = rng.random(40)
+    lam = 0.7
+    norm = (rel - rel.min()) / (rel.max() - rel.min())
+    want: list[int] = []
+    for _ in range(10):  # argmax of lam*rel - (1-lam)*max sim to the chosen (0 at first)
+        best, best_v = -1, -np.inf
+        for i in range(40):
+            if i in want:
+                continue
+            pen = max((float(vecs[i] @ vecs[j]) for j in want), default=0.0)
+            v = lam * norm[i] - (1 - lam) * pen
+            if v > best_v:
+                best, best_v = i, v
+        want.append(best)
+    assert diversity.mmr(rel, vecs, 10, lam) == want
+
+
 def test_metrics_worked_examples():
     ranked = ["a", "b", "c"]
     assert metrics.hit_at_k(ranked, "a", 3) == 1.0
@@ -78,13 +99,33 @@ def test_metrics_worked_examples():
     assert metrics.catalog_coverage({1, 2}, 8) == 0.25
 
 
-def test_cooc_pairs_and_bounded_counts():
-    assert recommender.cooc_pairs(["a", "b", "c"], "c") == [("a", "c"), ("c", "a"),
-                                                            ("b", "c"), ("c", "b")]
+def test_cooc_context_and_bounded_counts():
+    assert recommender.cooc_context(["a", "b", "c"], "c") == ["a", "b"]
     counts = {}
     for y in ["x"] * 5 + ["y"] * 3 + list("abcdefg"):
         recommender.cooc_add(counts, y, max_neighbours=3)
     assert counts["x"] == 5 and counts["y"] == 3 and len(counts) <= 6
+
+
+def test_cooccurrence_halves_sum_to_symmetric_neighbour_counts():
+    """Each pair is counted once, under the item consumed later; the catalog adds the two
+    halves, for both items, whatever order the halves arrive in, and follows updates and
+    pruning (a count that leaves both halves leaves the neighbour lists)."""
+    cat = CatalogIndex()
+    cat.set_cooccurrence("b", {"a": 2.0})  # a, then b: twice
+    cat.set_cooccurrence("a", {"b": 1.0, "c": 4.0})  # b, then a: once; c, then a: 4 times
+    assert cat.neighbours["a"] == {"b": 3.0, "c": 4.0}
+    assert cat.neighbours["b"] == {"a": 3.0}
+    assert cat.neighbours["c"] == {"a": 4.0}
+    cat.set_cooccurrence("a", {"b": 2.0})  # c pruned from a's half, b counted again
+    assert cat.neighbours["a"] == {"b": 4.0} and cat.neighbours["b"] == {"a": 4.0}
+    assert cat.neighbours["c"] == {}
+    # The same streams of halves, replayed the other way round, give the same counts.
+    other = CatalogIndex()
+    other.set_cooccurrence("a", {"b": 2.0})
+    other.set_cooccurrence("b", {"a": 2.0})
+    assert other.neighbours["a"] == cat.neighbours["a"]
+    assert other.neighbours["b"] == cat.neighbours["b"]
 
 
 def small_catalog():
@@ -140,3 +181,33 @@ def test_learning_moves_weights_towards_the_signal_that_predicted_the_choice():
     assert w is not None
     assert w[recommender.F_COOC] > p.prior[recommender.F_COOC]
     assert w[recommender.F_CONTENT] < p.prior[recommender.F_CONTENT]
+
+
+def test_batched_ranking_equals_ranking_each_user_alone():
+    """rank_batch (one matrix product for the content scores of many users) gives every user
+    the ranking rank() gives them alone: users with 0 to 4 centroids, learned weights,
+    seen items and co-occurrence history."""
+    rng = np.random.default_rng(11)
+    cat = CatalogIndex(32)
+    for i in range(500):
+        cat.upsert(f"i{i}", f"T{i}", rng.standard_normal(32).astype(np.float32))
+        cat.set_popularity(f"i{i}", float(rng.normal()), float(rng.integers(1, 50)))
+    for i in range(0, 500, 7):
+        cat.set_neighbours(f"i{i}", {f"i{(i * 3 + j) % 500}": float(j + 1) for j in range(20)})
+    p = ModelParams(max_centroids=4, centroid_open_threshold=0.9)
+    requests = []
+    for u in range(37):
+        st = UserState.empty(32)
+        for j in range(u % 9):  # 0..8 events; dissimilar items open up to 4 centroids
+            item = f"i{int(rng.integers(0, 500))}"
+            recommender.observe(st, cat, p, item, 1.0, 1000 + j)
+        if u % 5 == 0:
+            st.weights = np.array([0.5, 1.0, 0.1, 0.2])
+        requests.append((st, 2000 + u))
+    assert {st.centroids.shape[0] for st, _ in requests} >= {0, 1, 2, 3, 4}
+    alone = [recommender.rank(st, cat, p, ts) for st, ts in requests]
+    together = recommender.rank_batch(requests, cat, p, chunk=16)
+    assert [r.rows for r in together] == [r.rows for r in alone]
+    assert [r.reasons for r in together] == [r.reasons for r in alone]
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(b.scores, a.scores, rtol=1e-5, atol=1e-6)

@@ -27,6 +27,9 @@ def test_user_state_roundtrip_is_compact_and_exact():
     assert (back.n_events, back.last_ts, back.seen, back.history, back.shown) == \
         (7, st.last_ts, ["a"], ["a"], ["x", "y"])
     assert back.pending == [PendingEvent("zz", -0.5, 123, "e1")]
+    assert back.due is None
+    st.due = ("e2", 456)  # applied, ranking not emitted yet (micro-batching)
+    assert UserState.from_bytes(st.to_bytes()).due == ("e2", 456)
     fresh = UserState.from_bytes(UserState.empty(8).to_bytes())
     assert fresh.weights is None and not fresh.has_interest
 
@@ -83,3 +86,14 @@ def test_catalog_rejects_wrong_dimension():
     cat.upsert("a", "A", np.ones(3, np.float32))
     with pytest.raises(ValueError, match="dim"):
         cat.upsert("b", "B", np.ones(4, np.float32))
+
+
+def test_cooccurrence_counts_pack_compactly_and_exactly():
+    from operators.functions import pack_counts, unpack_counts
+
+    counts = {"1": 3.0, "café-42": 1.0, "x" * 200: 12345.0}
+    data = pack_counts(counts)
+    assert len(data) == 4 + 4 * 3 + len("\n".join(counts).encode("utf-8"))
+    assert unpack_counts(data) == counts
+    assert list(unpack_counts(data)) == list(counts)  # order kept: it breaks pruning ties
+    assert unpack_counts(pack_counts({})) == {}
