@@ -121,7 +121,8 @@ class CatalogIndex:
         self._nbr_arrays.pop(item_id, None)
 
     def set_cooccurrence(self, item_id: str, earlier: dict[str, float],
-                         changed: Optional[Iterable[str]] = None) -> None:
+                         changed: Optional[Iterable[str]] = None,
+                         max_neighbours: int = 200) -> None:
         """One item's half of the co-occurrence counts: how often each item x was in a
         user's recent history when ``item_id`` was consumed. Each pair is counted once, under
         the item consumed later (one keyed update per event instead of one per history
@@ -130,11 +131,16 @@ class CatalogIndex:
 
         ``changed``: the only keys whose count changed or that left ``earlier`` (then
         ``earlier`` may be the same dict as before, updated in place); without it every key
-        of the previous and the new dict is recomputed, so ``earlier`` must be a new dict."""
+        of the previous and the new dict is recomputed, so ``earlier`` must be a new dict.
+
+        A popular item is in the halves of thousands of items: its neighbour list is kept to
+        the heaviest ``max_neighbours`` whenever it grows past twice that (the rule the halves
+        follow); a pair pruned here comes back, with its full count, when it is counted again."""
         old = self.earlier.get(item_id, {})
         self.earlier[item_id] = earlier
         if changed is None:  # in a fixed order: neighbour dicts keep insertion order
-            changed = list(earlier) + [x for x in old if x not in earlier]
+            changed = [x for x, c in earlier.items() if old.get(x) != c] + \
+                [x for x in old if x not in earlier]
         for x in changed:
             total = earlier.get(x, 0.0) + self.earlier.get(x, {}).get(item_id, 0.0)
             for a, b in ((item_id, x), (x, item_id)):
@@ -143,6 +149,10 @@ class CatalogIndex:
                     if nbrs is None:
                         nbrs = self.neighbours[a] = {}
                     nbrs[b] = total
+                    if len(nbrs) > 2 * max_neighbours:
+                        keep = sorted(nbrs.items(), key=lambda kv: -kv[1])[:max_neighbours]
+                        nbrs.clear()
+                        nbrs.update(keep)
                 elif nbrs is not None:
                     nbrs.pop(b, None)
                 self._nbr_arrays.pop(a, None)

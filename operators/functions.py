@@ -605,7 +605,8 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
                 cat.set_popularity(item_id, *_STATS.unpack(packed))
         for item_id, encoded in ctx.get_broadcast_state(NEIGHBOURS_STATE).items():
             for cat in self._catalogs():
-                cat.set_cooccurrence(item_id, json.loads(encoded))
+                cat.set_cooccurrence(item_id, json.loads(encoded),
+                                     max_neighbours=self.cfg.max_neighbours)
         if n:
             log.info("rank-users restored a catalog of %d items (model %s) from state", n,
                      self.active_model)
@@ -682,7 +683,8 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
                 item_id, _STATS.pack(update["log_pop"], update["count"]))
         elif kind == "nbrs":
             for cat in self._catalogs():  # each catalog its own dict: they are kept
-                cat.set_cooccurrence(item_id, json.loads(update["neighbours"]))
+                cat.set_cooccurrence(item_id, json.loads(update["neighbours"]),
+                                     max_neighbours=self.cfg.max_neighbours)
             ctx.get_broadcast_state(NEIGHBOURS_STATE).put(item_id, update["neighbours"])
         if kind in ("item", "delete"):
             self.g_catalog.set(len(self.catalog))

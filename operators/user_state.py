@@ -1,16 +1,19 @@
 """Per-user state, stored in Flink keyed state as compact bytes (not pickles).
 
-Layout (little endian)::
+Layout (little endian), version 3::
 
     u8 version | u16 dim | u8 n_centroids | u8 n_weights | u32 n_events | i64 last_ts
     f32[n_centroids * dim] centroids | f32[n_centroids] masses | f64[n_weights] fusion weights
-    UTF-8 JSON tail {"seen": [...], "history": [...], "shown": [...], "pending": [...],
-                     "model": "...", "due": [event_id, ts]}   (due only while set)
+    u32[3] byte lengths of: seen | history | shown   (each: the ids, newline-separated UTF-8)
+    UTF-8 JSON tail {"pending": [...], "model": "...", "due": [event_id, ts]}  (due only while set)
 
 ``seen`` are the items the user interacted with (never recommended again), ``history`` the
 most recent of them (co-occurrence context), ``shown`` the last top-k (negatives for learning),
 ``pending`` events whose item was not in the catalog yet, ``due`` the event applied last whose
-ranking is not emitted yet (micro-batched ranking: ``ranking.batch_window_ms``).
+ranking is not emitted yet (micro-batched ranking: ``ranking.batch_window_ms``). The id lists
+are newline-joined rather than JSON (ids never hold control characters: the parser rejects
+them): for a user with 1,000 seen items that is ~10x faster to write and read, and the state is
+read and written at every event. Version 2 (the same, all lists in the JSON tail) is read too.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ import numpy as np
 from operators import interests
 
 _HEADER = struct.Struct("<BHBBIq")
+_LISTS = struct.Struct("<III")
+
+
+def _join(ids: list[str]) -> bytes:
+    return "\n".join(ids).encode("utf-8")
 
 
 def push_recent(items: list[str], item_id: str, bound: int) -> None:
@@ -34,7 +42,9 @@ def push_recent(items: list[str], item_id: str, bound: int) -> None:
     items.append(item_id)
     if len(items) > bound:
         del items[: len(items) - bound]
-_VERSION = 2
+
+
+_VERSION = 3
 
 
 @dataclass
@@ -81,22 +91,23 @@ class UserState:
         m = np.ascontiguousarray(self.masses, dtype=np.float32)
         w = np.zeros(0) if self.weights is None else np.asarray(self.weights, np.float64)
         fields = {
-            "seen": self.seen, "history": self.history, "shown": self.shown,
             "pending": [[p.item_id, p.weight, p.ts, p.event_id, p.held_at_ms, p.partition,
                          p.offset] for p in self.pending],
             "model": self.model,
         }
         if self.due is not None:
             fields["due"] = list(self.due)
+        lists = [_join(self.seen), _join(self.history), _join(self.shown)]
         tail = json.dumps(fields, separators=(",", ":")).encode("utf-8")
-        return (_HEADER.pack(_VERSION, c.shape[1], c.shape[0], w.shape[0], self.n_events,
-                             self.last_ts)
-                + c.tobytes() + m.tobytes() + w.tobytes() + tail)
+        return b"".join([
+            _HEADER.pack(_VERSION, c.shape[1], c.shape[0], w.shape[0], self.n_events,
+                         self.last_ts),
+            c.tobytes(), m.tobytes(), w.tobytes(), _LISTS.pack(*map(len, lists)), *lists, tail])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "UserState":
         version, dim, n_c, n_w, n_events, last_ts = _HEADER.unpack_from(data, 0)
-        if version != _VERSION:
+        if version not in (2, _VERSION):
             raise ValueError(f"unsupported user-state version {version}")
         off = _HEADER.size
         c = np.frombuffer(data, np.float32, n_c * dim, off).reshape(n_c, dim).copy()
@@ -105,11 +116,22 @@ class UserState:
         off += 4 * n_c
         w = np.frombuffer(data, np.float64, n_w, off).copy() if n_w else None
         off += 8 * n_w
-        tail = json.loads(bytes(data[off:]).decode("utf-8"))
+        if version == 2:
+            tail = json.loads(bytes(data[off:]).decode("utf-8"))
+            seen, history, shown = tail["seen"], tail["history"], tail["shown"]
+        else:
+            lengths = _LISTS.unpack_from(data, off)
+            off += _LISTS.size
+            seen, history, shown = [], [], []
+            for out, n in zip((seen, history, shown), lengths):
+                if n:
+                    out.extend(bytes(data[off:off + n]).decode("utf-8").split("\n"))
+                off += n
+            tail = json.loads(bytes(data[off:]).decode("utf-8"))
         pending = [PendingEvent(p[0], float(p[1]), int(p[2]), *p[3:]) for p in tail["pending"]]
         due = tail.get("due")
         return cls(centroids=c, masses=m, weights=w, n_events=n_events, last_ts=last_ts,
-                   seen=tail["seen"], history=tail["history"], shown=tail["shown"],
+                   seen=seen, history=history, shown=shown,
                    pending=pending, model=tail.get("model", ""),
                    due=(str(due[0]), int(due[1])) if due else None)
 

@@ -62,7 +62,8 @@ class ItemStatistics:
                     changed += [x for x in earlier if x not in in_context]
                 for x in context:
                     recommender.cooc_add(earlier, x, self.max_neighbours)
-                self.cat.set_cooccurrence(item_id, earlier, changed=changed)
+                self.cat.set_cooccurrence(item_id, earlier, changed=changed,
+                                          max_neighbours=self.max_neighbours)
 
 
 def embed_items(settings: Settings, items: list[dict]) -> tuple[list, np.ndarray]:

@@ -70,6 +70,9 @@ def test_cluster_metrics_dashboard_sql_and_clean_shutdown(kafka_bootstrap, tmp_p
         assert 0 <= metrics["embed-items.streamrank.cache_hit_pct"] <= 100
         assert "embed-items.streamrank.embed_batch_ms_p99" in metrics
         assert metrics["rank-users.streamrank.ranking_us_p99"] > 0
+        # Micro-batching ran: windows were ranked, and each ranked at least one user.
+        assert 0 < metrics["rank-users.streamrank.ranking_batches"] <= \
+            metrics["rank-users.streamrank.batched_rankings"] <= len(events)
 
         # Users in state: RocksDB's key-count estimate of the ranker's state.
         ranker = next(v for v in h.cluster.job(job)["vertices"] if "rank-users" in v["name"])

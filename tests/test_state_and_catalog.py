@@ -34,6 +34,25 @@ def test_user_state_roundtrip_is_compact_and_exact():
     assert fresh.weights is None and not fresh.has_interest
 
 
+def test_user_state_of_layout_version_2_is_still_read():
+    """Savepoints written before the id lists left the JSON tail restore unchanged."""
+    import json
+    import struct
+
+    c = np.ones((1, 4), np.float32) / 2
+    v2 = (struct.pack("<BHBBIq", 2, 4, 1, 0, 3, 99) + c.tobytes()
+          + np.array([1.0], np.float32).tobytes()
+          + json.dumps({"seen": ["a", "b"], "history": ["b"], "shown": ["c"],
+                        "pending": [], "model": "m"}).encode())
+    st = UserState.from_bytes(v2)
+    assert (st.seen, st.history, st.shown, st.model, st.n_events) == \
+        (["a", "b"], ["b"], ["c"], "m", 3)
+    np.testing.assert_array_equal(st.centroids, c)
+    again = UserState.from_bytes(st.to_bytes())  # written back in the current layout
+    assert (again.seen, again.history, again.shown, again.model) == (["a", "b"], ["b"], ["c"], "m")
+    assert UserState.from_bytes(UserState.empty(4).to_bytes()).seen == []
+
+
 def test_seen_and_history_are_bounded_and_recency_ordered():
     st = UserState.empty(2)
     for i in range(5):
