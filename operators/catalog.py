@@ -12,6 +12,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from operators.ranking import rel_log
+
 
 class CatalogIndex:
     def __init__(self, dim: Optional[int] = None, capacity: int = 1024):
@@ -37,7 +39,7 @@ class CatalogIndex:
         self._ann = None
         self._ann_changed = False
         self._stats_version = 0
-        self._derived: dict = {}
+        self._rel_counts: tuple = (None, np.zeros(0))
         self._popular: tuple[int, int, np.ndarray] = (-1, 0, np.empty(0, np.int64))
 
     def __len__(self) -> int:
@@ -196,14 +198,15 @@ class CatalogIndex:
                 mask[r] = True
         return mask
 
-    def cached(self, key, compute):
-        """A value derived from the item statistics (``compute()``), recomputed only after
-        they change or rows are added."""
+    def relative_log_counts(self) -> np.ndarray:
+        """log1p(count) of every row relative to the largest (the popularity feature); the
+        same for every user, so computed once per change of the statistics."""
         stamp = (self._stats_version, self._n)
-        hit = self._derived.get(key)
-        if hit is None or hit[0] != stamp:
-            hit = self._derived[key] = (stamp, compute())
-        return hit[1]
+        if self._rel_counts[0] != stamp:
+            counts = self.counts()
+            self._rel_counts = (stamp, rel_log(counts, float(counts.max()) if counts.size
+                                               else 0.0))
+        return self._rel_counts[1]
 
     def popularity(self) -> np.ndarray:
         return self.log_pop[: self._n]

@@ -70,6 +70,12 @@ def cosine_scores(user_vec: np.ndarray, item_matrix: np.ndarray) -> np.ndarray:
     return item_matrix @ (user_vec / norm).astype(np.float32)
 
 
+def rel_log(values: np.ndarray, top: float) -> np.ndarray:
+    """log1p(values) relative to log1p(top), ``top`` being the largest value of the whole
+    catalog (so a slice of rows gets exactly the values it has in the full vector)."""
+    return np.log1p(values) / math.log1p(top) if top > 0 else np.zeros_like(values)
+
+
 def top_k(scores: np.ndarray, k: int, exclude: Optional[np.ndarray] = None) -> np.ndarray:
     """Indices of the ``k`` highest scores, best first, skipping ``exclude`` (bool mask or
     index array). Ties keep the lower index first. Fewer than ``k`` when too few remain."""

@@ -90,12 +90,6 @@ class ModelParams:
         return weight > 0 or (event_type == "rating" and not self.cooc_positive_only)
 
 
-def _rel_log(values: np.ndarray, top: float) -> np.ndarray:
-    """log1p(values) relative to log1p(top), ``top`` being the largest value of the whole
-    catalog (so a slice of rows gets exactly the values it has in the full vector)."""
-    return np.log1p(values) / math.log1p(top) if top > 0 else np.zeros_like(values)
-
-
 def cooc_scores(state: UserState, cat: CatalogIndex, p: ModelParams,
                 contributions: bool = False):
     """Co-occurrence score of every catalog row with the user's recent history."""
@@ -149,8 +143,7 @@ def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     if top > 0:
         feats[:, F_COOC] = np.maximum(
             1.0 + np.log(sel(co) / top + COOC_FLOOR) / -math.log(COOC_FLOOR), 0.0)
-    feats[:, F_POP] = sel(cat.cached(("pop-feature",), lambda: _rel_log(
-        cat.counts(), float(cat.counts().max()))))
+    feats[:, F_POP] = sel(cat.relative_log_counts())
     lp_all = cat.popularity()
     lp_top = float(lp_all.max())
     if math.isfinite(lp_top):
@@ -159,7 +152,7 @@ def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
         trend = np.zeros(lp.shape[0])
         finite = np.isfinite(lp)
         trend[finite] = np.exp(lp[finite] - decay)
-        feats[:, F_TREND] = _rel_log(trend, math.exp(lp_top - decay))
+        feats[:, F_TREND] = ranking.rel_log(trend, math.exp(lp_top - decay))
     return feats
 
 

@@ -31,8 +31,14 @@ _HEADER = struct.Struct("<BHBBIq")
 _LISTS = struct.Struct("<III")
 
 
-def _join(ids: list[str]) -> bytes:
+def join_ids(ids) -> bytes:
+    """Ids as newline-separated UTF-8 (ids never hold control characters: the parser rejects
+    them). The compact list layout of user state and of co-occurrence counts."""
     return "\n".join(ids).encode("utf-8")
+
+
+def split_ids(data: bytes) -> list[str]:
+    return data.decode("utf-8").split("\n") if data else []
 
 
 def push_recent(items: list[str], item_id: str, bound: int) -> None:
@@ -97,7 +103,7 @@ class UserState:
         }
         if self.due is not None:
             fields["due"] = list(self.due)
-        lists = [_join(self.seen), _join(self.history), _join(self.shown)]
+        lists = [join_ids(self.seen), join_ids(self.history), join_ids(self.shown)]
         tail = json.dumps(fields, separators=(",", ":")).encode("utf-8")
         return b"".join([
             _HEADER.pack(_VERSION, c.shape[1], c.shape[0], w.shape[0], self.n_events,
@@ -122,11 +128,11 @@ class UserState:
         else:
             lengths = _LISTS.unpack_from(data, off)
             off += _LISTS.size
-            seen, history, shown = [], [], []
-            for out, n in zip((seen, history, shown), lengths):
-                if n:
-                    out.extend(bytes(data[off:off + n]).decode("utf-8").split("\n"))
+            lists = []
+            for n in lengths:
+                lists.append(split_ids(bytes(data[off:off + n])))
                 off += n
+            seen, history, shown = lists
             tail = json.loads(bytes(data[off:]).decode("utf-8"))
         pending = [PendingEvent(p[0], float(p[1]), int(p[2]), *p[3:]) for p in tail["pending"]]
         due = tail.get("due")
