@@ -14,6 +14,7 @@ from pyflink.datastream import DataStream
 from pyflink.table import StreamTableEnvironment
 
 from streamrank.config import KafkaSettings
+from streamrank.kafka_clients import connector_options
 
 
 def _quote(value: str) -> str:
@@ -43,6 +44,7 @@ def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: st
         "key.fields": "key",
         "value.format": "raw",
         "value.fields-include": "EXCEPT_KEY",
+        **connector_options(kafka.properties),
     }
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE `{table}` (
@@ -64,6 +66,7 @@ def _sink_options(kafka: KafkaSettings, topic: str, sink_name: str) -> dict:
         "topic": topic,
         "properties.bootstrap.servers": kafka.bootstrap_servers,
         "value.format": "raw",
+        **connector_options(kafka.properties),
     }
     if kafka.delivery_guarantee == "exactly-once":
         options.update({

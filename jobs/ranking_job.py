@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import zlib
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `flink run -py jobs/ranking_job.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyflink.common import Configuration, Types  # noqa: E402
+from pyflink.common import Configuration, Row, Types  # noqa: E402
 from pyflink.datastream import StreamExecutionEnvironment  # noqa: E402
 from pyflink.table import StreamTableEnvironment  # noqa: E402
 
@@ -29,6 +30,7 @@ from jobs import kafka_io  # noqa: E402
 from operators.functions import (  # noqa: E402
     CATALOG_STATE,
     CATALOG_UPDATE_TYPE,
+    DEAD_LETTER_KIND,
     DLQ_TAG,
     EVENT_TYPE,
     ITEM_TYPE,
@@ -43,8 +45,10 @@ from operators.functions import (  # noqa: E402
     ParseEvents,
     ParseItems,
     RankUsers,
+    VALUE_RECORD_TYPE,
 )
 from streamrank.config import Settings, load_settings, parse_set_args  # noqa: E402
+from streamrank.kafka_clients import masked  # noqa: E402
 from streamrank.runtime import flink_configuration, prepare_process_environment  # noqa: E402
 from udfs.embedding import model_id_for  # noqa: E402
 
@@ -64,6 +68,9 @@ def create_environment(settings: Settings) -> tuple[StreamExecutionEnvironment,
     env.set_parallelism(settings.flink.parallelism)
     env.set_buffer_timeout(settings.flink.buffer_timeout_ms)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms)
+    # Also through the API: a checkpoint timeout under backpressure must not fail the job over.
+    env.get_checkpoint_config().set_tolerable_checkpoint_failure_number(
+        settings.flink.tolerable_failed_checkpoints)
     return env, StreamTableEnvironment.create(env)
 
 
@@ -79,12 +86,23 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         .process(ParseItems(settings.validation), output_type=ITEM_TYPE)
         .name("parse-items").uid("parse-items")
     )
-    catalog = (
+    embedded = (
         items.key_by(lambda it: zlib.crc32(it["item_id"].encode("utf-8")) % buckets,
                      key_type=Types.INT())
-        .process(EmbedItems(settings.model), output_type=CATALOG_UPDATE_TYPE)
+        .process(EmbedItems(settings.model, topics.items,
+                            settings.validation.dlq_max_raw_bytes),
+                 output_type=CATALOG_UPDATE_TYPE)
         .name("embed-items").uid("embed-items")
     )
+    # Items that could not be embedded come out as dead letters (see EmbedItems), split off
+    # here in chains of their own: with a side output, or a Python operator chained to
+    # embed-items, the first `import torch` in that task hangs in PyFlink 2.2's thread mode
+    # (bisected on a MiniCluster; py-spy shows it stuck loading torch._C).
+    catalog = embedded.filter(lambda u: u["kind"] != DEAD_LETTER_KIND).name("catalog") \
+        .start_new_chain()
+    embed_dlq = (embedded.filter(lambda u: u["kind"] == DEAD_LETTER_KIND).start_new_chain()
+                 .map(lambda u: Row(u["vector"]), output_type=VALUE_RECORD_TYPE)
+                 .name("embedding-dlq"))
     events = (
         kafka_io.source_stream(t_env, kafka, topics.events, "events_source")
         .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
@@ -108,7 +126,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     rankings = (
         events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
         .connect(catalog_broadcast)
-        .process(RankUsers(settings.ranking, model_id, topics.events),
+        .process(RankUsers(settings.ranking, model_id, topics.events,
+                           settings.validation.dlq_max_raw_bytes),
                  output_type=KEYED_RECORD_TYPE)
         .name("rank-users").uid("rank-users")
     )
@@ -124,12 +143,47 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
                                .union(rankings.get_side_output(DLQ_TAG))))
     statements.add_insert(
         kafka_io.value_sink(t_env, kafka, topics.items_dlq, "items_dlq_sink"),
-        t_env.from_data_stream(items.get_side_output(DLQ_TAG)))
+        t_env.from_data_stream(items.get_side_output(DLQ_TAG).union(embed_dlq)))
     statements.attach_as_datastream()
+
+
+def check_topics(settings: Settings) -> None:
+    """Fail at submission, naming them, when the job's topics do not exist (rather than at the
+    first dead letter, in a restart loop).
+
+    The check runs in a child process: a Kafka client in the driver process made the
+    MiniCluster's thread-mode Python hang importing torch (PyFlink 2.2, kafka-python 3;
+    bisected, cause not found)."""
+    import json
+    import subprocess
+
+    from streamrank.config import file_and_environment
+    from streamrank.runtime import SetupError
+
+    data, secret_env = file_and_environment(settings)
+    code = ("import json, sys; from streamrank.config import Settings, _build; "
+            "from streamrank.kafka_local import missing_topics; "
+            "print(json.dumps(missing_topics(_build(Settings, json.load(sys.stdin), '').kafka)))")
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(data), text=True,
+                          capture_output=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parent.parent),
+                          env={**os.environ, **secret_env})
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise SetupError(lines[-1] if lines else f"topic check failed ({proc.returncode})")
+    missing = json.loads(proc.stdout.strip().splitlines()[-1])
+    if missing:
+        raise SetupError(f"Kafka topic(s) missing on {settings.kafka.bootstrap_servers}: "
+                         f"{', '.join(missing)}; create them (`streamrank kafka topics`, "
+                         f"replication kafka.replication_factor) or fix kafka.topics")
 
 
 def run(settings: Settings, detached: bool = False):
     """Build and execute the job; blocks unless ``detached`` (then returns the JobClient)."""
+    log.info("streamrank job: Kafka %s, topics %s, client properties %s",
+             settings.kafka.bootstrap_servers, settings.kafka.topics,
+             masked(settings.kafka.properties))
+    check_topics(settings)
     prepare_process_environment()
     env, t_env = create_environment(settings)
     build_pipeline(env, t_env, settings)

@@ -179,6 +179,11 @@ class CatalogIndex:
             cached = self._nbr_arrays[item_id] = (rows, counts)
         return cached
 
+    def is_deleted(self, item_id: str) -> bool:
+        """Whether the item was in the catalog and has been deleted."""
+        r = self.row.get(item_id)
+        return r is not None and bool(self.deleted[r])
+
     def vector(self, item_id: str) -> Optional[np.ndarray]:
         """The item's normalised embedding, or None when unknown or deleted."""
         r = self.row.get(item_id)

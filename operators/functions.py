@@ -32,8 +32,8 @@ from operators import recommender
 from operators.catalog import CatalogIndex
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
 from operators.recommender import ModelParams, Ranked
-from operators.user_state import (PendingEvent, UserState, join_ids, push_recent,
-                                  split_ids)
+from operators.user_state import (Forgotten, PendingEvent, UserState, decode_profile,
+                                  join_ids, push_recent, split_ids)
 from streamrank.config import ModelSettings, RankingSettings, ValidationSettings
 from streamrank.messages import (
     InvalidRecord,
@@ -54,13 +54,16 @@ EVENT_TYPE = Types.ROW_NAMED(
      Types.LONG(), Types.INT(), Types.LONG()],
 )
 ITEM_TYPE = Types.ROW_NAMED(
-    ["item_id", "title", "text", "deleted", "ts"],
-    [Types.STRING(), Types.STRING(), Types.STRING(), Types.BOOLEAN(), Types.LONG()],
+    ["item_id", "title", "text", "deleted", "ts", "partition", "offset"],
+    [Types.STRING(), Types.STRING(), Types.STRING(), Types.BOOLEAN(), Types.LONG(),
+     Types.INT(), Types.LONG()],
 )
 # What reaches the ranker by broadcast: an embedded item ("item"), a deletion ("delete"), an
 # item's statistics ("pop": trending log-popularity and interaction count) or its half of the
 # co-occurrence counts ("nbrs": ``pack_counts`` bytes, see CatalogIndex.set_cooccurrence).
-# ``model`` is the embedding model of an "item" vector.
+# ``model`` is the embedding model of an "item" vector. Kind "dead-letter" (an item that could
+# not be embedded; its DLQ record in ``vector``) never reaches the rankers: see
+# ``dead_letters_of``.
 CATALOG_UPDATE_TYPE = Types.ROW_NAMED(
     ["kind", "item_id", "title", "vector", "log_pop", "count", "neighbours", "model"],
     [Types.STRING(), Types.STRING(), Types.STRING(), BYTES, Types.DOUBLE(), Types.DOUBLE(),
@@ -73,6 +76,7 @@ KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [BYTES, BYTES])
 VALUE_RECORD_TYPE = Types.ROW_NAMED(["v"], [BYTES])
 
 DLQ_TAG = OutputTag("dlq", VALUE_RECORD_TYPE)
+DEAD_LETTER_KIND = "dead-letter"
 
 # State holding raw bytes is declared PICKLED_BYTE_ARRAY: in thread mode PyFlink 2.2 converts a
 # PRIMITIVE_ARRAY(BYTE) state value element by element into a tuple of ints (and fails on an
@@ -130,6 +134,27 @@ class _LoggedOpen:
                  os.getpid())
 
 
+def _parse_guarded(parse, raw, validation: ValidationSettings, **limits):
+    """``parse(raw)`` with the validation limits, or the :class:`InvalidRecord` to dead-letter:
+    nothing a record holds can raise out of a parse operator (the parsers guard themselves;
+    this is the operator's own last line)."""
+    try:
+        return parse(raw, now_ms=_now_ms(), max_id_length=validation.max_id_length,
+                     max_future_skew_ms=validation.max_future_skew_ms,
+                     max_record_bytes=validation.max_record_bytes,
+                     min_ts_ms=validation.min_ts_ms, **limits)
+    except InvalidRecord as err:
+        return err
+    except Exception as exc:  # noqa: BLE001 - a record must never fail the operator
+        return InvalidRecord("parser_error", f"{type(exc).__name__}: {exc}"[:300])
+
+
+def _source_dead_letter(err: InvalidRecord, row, validation: ValidationSettings) -> Row:
+    """The DLQ row of a source record (bounded: ``validation.dlq_max_raw_bytes``)."""
+    return Row(dlq_record(err, row["value"], row["topic"], row["partition"], row["offset"],
+                          _source_ts(row["ts"]), max_raw_bytes=validation.dlq_max_raw_bytes))
+
+
 class ParseEvents(ProcessFunction, _LoggedOpen):
     """Raw ``events`` records -> typed events; anything invalid -> DLQ side output."""
 
@@ -142,15 +167,10 @@ class ParseEvents(ProcessFunction, _LoggedOpen):
         self.dlq = self.metrics.counter("dlq_records")
 
     def process_element(self, row, ctx) -> Iterable:
-        raw = row["value"]
-        try:
-            ev = parse_event(raw, now_ms=_now_ms(), max_id_length=self.validation.max_id_length,
-                             max_future_skew_ms=self.validation.max_future_skew_ms,
-                             max_record_bytes=self.validation.max_record_bytes)
-        except InvalidRecord as err:
+        ev = _parse_guarded(parse_event, row["value"], self.validation)
+        if isinstance(ev, InvalidRecord):
             self.dlq.inc()
-            yield DLQ_TAG, Row(dlq_record(err, raw, row["topic"], row["partition"],
-                                          row["offset"], _source_ts(row["ts"])))
+            yield DLQ_TAG, _source_dead_letter(ev, row, self.validation)
             return
         self.metrics.counter(f"events_in_{ev.type}").inc()
         yield Row(ev.event_id, ev.user_id, ev.item_id, ev.type, ev.value, ev.ts,
@@ -177,31 +197,34 @@ class ParseItems(ProcessFunction, _LoggedOpen):
                 item_id = bytes(key).decode("utf-8")
             except UnicodeDecodeError:
                 item_id = ""
-            if item_id.strip():
-                yield Row(item_id, "", "", True, _source_ts(row["ts"]))
+            if item_id.strip() and not isinstance(
+                    _parse_guarded(parse_item, json.dumps({"item_id": item_id, "deleted": True})
+                                   .encode("utf-8", "surrogatepass"), self.validation),
+                    InvalidRecord):
+                yield Row(item_id, "", "", True, _source_ts(row["ts"]), row["partition"],
+                          row["offset"])
                 return
-        try:
-            item = parse_item(raw, now_ms=_now_ms(),
-                              max_id_length=self.validation.max_id_length,
-                              max_text_chars=self.validation.max_text_chars,
-                              max_future_skew_ms=self.validation.max_future_skew_ms,
-                              max_record_bytes=self.validation.max_record_bytes)
-        except InvalidRecord as err:
+        item = _parse_guarded(parse_item, raw, self.validation,
+                              max_text_chars=self.validation.max_text_chars)
+        if isinstance(item, InvalidRecord):
             self.dlq.inc()
-            yield DLQ_TAG, Row(dlq_record(err, raw, row["topic"], row["partition"],
-                                          row["offset"], _source_ts(row["ts"])))
+            yield DLQ_TAG, _source_dead_letter(item, row, self.validation)
             return
         self.items_in.inc()
-        yield Row(item.item_id, item.title, item.text(), item.deleted, item.ts)
+        yield Row(item.item_id, item.title, item.text(), item.deleted, item.ts,
+                  row["partition"], row["offset"])
 
 
 class EmbedItems(KeyedProcessFunction, _LoggedOpen):
     """Items (keyed by embedding bucket) -> catalog updates carrying the item's embedding.
 
-    Cache hits pass straight through. Misses are buffered in keyed state (so a checkpoint never
-    loses them) and embedded together when ``batch_size`` are waiting or ``batch_timeout_ms``
-    after the first, whichever comes first. Order per key is kept: once something is
-    buffered, later items queue behind it.
+    The model is loaded in ``open()`` (retried; a clear error if it cannot be). Cache hits
+    pass straight through. Misses are buffered in keyed state (so a checkpoint never loses
+    them) and embedded together when ``batch_size`` are waiting or ``batch_timeout_ms`` after
+    the first, whichever comes first. Order per key is kept: once something is buffered,
+    later items queue behind it. A text the model fails on, or whose vector has the wrong
+    shape or non-finite values, goes to the items DLQ (``embedding_failed``/``bad_vector``)
+    and never reaches the catalog; the job keeps running.
 
     Live model swap: each bucket keeps its items' texts and the model that embedded them. A
     recurring timer (``reembed_interval_ms``, kept in checkpoints and savepoints) notices when
@@ -210,14 +233,22 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
     the new model's catalog is complete.
     """
 
-    def __init__(self, model: ModelSettings):
+    def __init__(self, model: ModelSettings, items_topic: str = "items",
+                 dlq_max_raw_bytes: int = 65_536):
         self.model = model
+        self.items_topic = items_topic
+        self.dlq_max_raw_bytes = dlq_max_raw_bytes
 
     def open(self, ctx: RuntimeContext) -> None:
         from udfs.embedding import CachedEmbedder
 
         self._log_open(ctx, "embed-items")
+        # The configuration is checked here (a clear error now); the weights load at the first
+        # cache miss (retried, then the task fails with a clear error and Flink's restart
+        # strategy retries): importing torch in open() deadlocks PyFlink 2.2's thread mode
+        # while the other operators open (seen stuck in torch/__init__.py's C extension).
         self.embedder = CachedEmbedder.from_settings(self.model)
+        self.embedder.check_configuration()
         self.model_id = self.embedder.model_id
         self.buffer = ctx.get_list_state(ListStateDescriptor("pending-items", ITEM_TYPE))
         self.count = ctx.get_state(ValueStateDescriptor("pending-count", Types.INT()))
@@ -232,6 +263,7 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
         self.g_hits = m.value("cache_hits")
         self.batch_ms = LatencyWindow(m, "embed_batch_ms", size=256, every=1)
         self.reembedded = m.counter("reembedded_items")
+        self.failed = m.counter("embedding_dlq")
 
     def close(self) -> None:
         embedder = getattr(self, "embedder", None)
@@ -253,6 +285,35 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
             return Row("delete", item_id, "", None, None, None, None, None)
         return Row("item", item_id, title, np.asarray(vector, np.float32).tobytes(),
                    None, None, None, self.model_id)
+
+    def _dead_letter(self, item_id: str, title: str, text: str, reason: str,
+                     partition: int = -1, offset: int = -1):
+        """An item whose text could not be embedded: to the items DLQ, never the catalog."""
+        self.failed.inc()
+        code, _, detail = reason.partition(": ")
+        raw = json.dumps({"item_id": item_id, "title": title, "text": text},
+                         ensure_ascii=False).encode("utf-8", "backslashreplace")
+        letter = dlq_record(InvalidRecord(code, detail), raw, self.items_topic,
+                            -1 if partition is None else partition,
+                            -1 if offset is None else offset, _now_ms(),
+                            max_raw_bytes=self.dlq_max_raw_bytes)
+        # On the main output, not a side output: see jobs/ranking_job.py.
+        return Row(DEAD_LETTER_KIND, item_id, "", letter, None, None, None, None)
+
+    def _embedded(self, items: list) -> Iterable:
+        """Catalog updates for ``items`` (``(item_id, title, text, partition, offset)``), with
+        a dead letter for each text that could not be embedded."""
+        if not items:
+            return
+        t0 = time.perf_counter()
+        results = self.embedder.embed_each([text for _, _, text, _, _ in items])
+        self.batch_ms.update((time.perf_counter() - t0) * 1000)
+        self._report()
+        for (item_id, title, text, partition, offset), (vec, reason) in zip(items, results):
+            if vec is None:
+                yield self._dead_letter(item_id, title, text, reason, partition, offset)
+            else:
+                yield self._update(item_id, title, False, vec)
 
     def _arm_tick(self, ctx) -> None:
         due = ctx.timer_service().current_processing_time() + self.model.reembed_interval_ms
@@ -314,15 +375,11 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
                      len(ids), self.model_id, self.bucket_model.value())
         chunk, rest = ids[: self.model.batch_size], ids[self.model.batch_size:]
         entries = [(i, self.texts.get(i)) for i in chunk]
-        entries = [(i, json.loads(e)) for i, e in entries if e is not None]
-        if entries:
-            t0 = time.perf_counter()
-            vecs = self.embedder.embed([text for _, (_, text) in entries])
-            self.batch_ms.update((time.perf_counter() - t0) * 1000)
-            self._report()
-            self.reembedded.inc(len(entries))
-            for (item_id, (title, _)), vec in zip(entries, vecs):
-                yield self._update(item_id, title, False, vec)
+        entries = [(i, *json.loads(e), -1, -1) for i, e in entries if e is not None]
+        for out in self._embedded(entries):
+            if out[0] != DEAD_LETTER_KIND:
+                self.reembedded.inc()
+            yield out
         if rest:
             self.reembed.update(json.dumps(rest))
         else:
@@ -334,16 +391,11 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
         items = list(self.buffer.get() or [])
         self.buffer.clear()
         self.count.clear()
-        live = [it for it in items if not it["deleted"]]
-        t0 = time.perf_counter()
-        vecs = self.embedder.embed([it["text"] for it in live]) if live else []
-        if live:
-            self.batch_ms.update((time.perf_counter() - t0) * 1000)
-        self._report()
-        by_pos = iter(vecs)
-        for it in items:
-            yield self._update(it["item_id"], it["title"], it["deleted"],
-                               None if it["deleted"] else next(by_pos))
+        live = iter(self._embedded([
+            (it["item_id"], it["title"], it["text"], it["partition"], it["offset"])
+            for it in items if not it["deleted"]]))
+        for it in items:  # in arrival order: a deletion after an upsert stays after it
+            yield self._update(it["item_id"], "", True, None) if it["deleted"] else next(live)
 
 
 class _Throttled:
@@ -427,10 +479,23 @@ class UserHistory(KeyedProcessFunction, _LoggedOpen):
         self.history = ctx.get_state(descriptor)
 
     def process_element(self, ev, ctx) -> Iterable:
-        if ev["type"] == "forget_user":
-            self.history.clear()
-            return
         raw = self.history.value()
+        forgot_ts = -1
+        if raw and raw.startswith("{"):  # the user was forgotten (see RankUsers._forget)
+            forgot_ts = json.loads(raw)["ts"]
+            if ev["type"] != "forget_user" and ev["ts"] <= forgot_ts:
+                return  # the ranker dead-letters it
+            raw = None
+        if ev["type"] == "forget_user":
+            memory_ms = int(self.cfg.forget_memory_hours * 3_600_000)
+            if memory_ms > 0:
+                expires = ctx.timer_service().current_processing_time() + memory_ms
+                self.history.update(json.dumps({"ts": max(ev["ts"], forgot_ts),
+                                                "expires": expires}))
+                ctx.timer_service().register_processing_time_timer(expires)
+            else:
+                self.history.clear()
+            return
         recent = json.loads(raw) if raw else []
         w = self.p.weight(ev["type"], ev["value"])
         if self.p.counts_as_consumption(ev["type"], w):
@@ -439,6 +504,12 @@ class UserHistory(KeyedProcessFunction, _LoggedOpen):
                 yield Row(ev["item_id"], json.dumps(context, separators=(",", ":")))
         push_recent(recent, ev["item_id"], self.p.history_size)
         self.history.update(json.dumps(recent))
+
+    def on_timer(self, timestamp: int, ctx) -> Iterable:
+        raw = self.history.value()
+        if raw and raw.startswith("{") and timestamp >= json.loads(raw)["expires"]:
+            self.history.clear()
+        return ()
 
 
 class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
@@ -544,10 +615,12 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
     the timer ranks that user alone.
     """
 
-    def __init__(self, ranking_cfg: RankingSettings, model_id: str, events_topic: str):
+    def __init__(self, ranking_cfg: RankingSettings, model_id: str, events_topic: str,
+                 dlq_max_raw_bytes: int = 65_536):
         self.cfg = ranking_cfg
         self.model_id = model_id
         self.events_topic = events_topic
+        self.dlq_max_raw_bytes = dlq_max_raw_bytes
 
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "rank-users")
@@ -701,17 +774,20 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
         key = user_id.encode("utf-8")
         queued = self._take_queued(user_id)
         state = queued.state if queued is not None else self._load()
+        forgot_ts = -1
+        if isinstance(state, Forgotten):
+            if ev["type"] != "forget_user" and ev["ts"] <= state.ts:
+                yield self._dead_letter(user_id, _held(ev, 0.0), "user_forgotten",
+                                        f"the user was forgotten at ts {state.ts}; an older "
+                                        "event must not bring them back")
+                return
+            state, forgot_ts = None, state.ts  # a newer event: the user starts afresh
         if state is not None:
             self._follow_model(state)
             if state.due is not None:  # the ranking of the user's previous event, first
                 yield self._emit_due(state, key, user_id, queued)
         if ev["type"] == "forget_user":
-            if state is not None:
-                self.pending_now -= len(state.pending)
-            self.profile.clear()
-            self.g_pending.set(self.pending_now)
-            self.tombstones_out.inc()
-            yield Row(key, None)  # tombstone: compaction erases the user's ranking
+            yield from self._forget(ctx, state, max(ev["ts"], forgot_ts), key)
             return
         p, cat = self.p, self.catalog
         if state is None:
@@ -722,15 +798,17 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
         if had_pending:
             yield from self._apply_ready(state, key, user_id)
         weight = p.weight(ev["type"], ev["value"])
-        if recommender.observe(state, cat, p, ev["item_id"], weight, ev["ts"]):
+        if cat.is_deleted(ev["item_id"]):
+            yield self._dead_letter(user_id, _held(ev, weight), "item_deleted",
+                                    f"item {ev['item_id']!r} was deleted from the catalog")
+        elif recommender.observe(state, cat, p, ev["item_id"], weight, ev["ts"]):
             if self.cfg.batch_window_ms > 0:
                 state.due = (ev["event_id"] or "", ev["ts"])
                 self._enqueue(ctx, user_id, state, t0)
             else:
                 yield self._ranking(state, key, user_id, ev["event_id"], ev["ts"], t0)
         else:
-            held = PendingEvent(ev["item_id"], weight, ev["ts"], ev["event_id"] or "", _now_ms(),
-                                ev["partition"], ev["offset"])
+            held = _held(ev, weight)
             if state.add_pending(held, p.max_pending):
                 self.pending_in.inc()
                 self.pending_now += 1
@@ -752,6 +830,10 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
         user_id = ctx.get_current_key()
         queued = self._take_queued(user_id)
         state = queued.state if queued is not None else self._load()
+        if isinstance(state, Forgotten):
+            if timestamp >= state.expires_ms:
+                self.profile.clear()  # forgotten long enough: nothing of the user is left
+            return
         if state is None or (state.due is None and not state.pending):
             return
         self._follow_model(state)
@@ -760,6 +842,10 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
             yield self._emit_due(state, key, user_id, queued)
         if state.pending:
             yield from self._apply_ready(state, key, user_id)
+            for held in state.drain_pending(self.catalog.is_deleted):
+                self.pending_now -= 1
+                yield self._dead_letter(user_id, held, "item_deleted",
+                                        f"item {held.item_id!r} was deleted from the catalog")
             for held in state.expire_pending(_now_ms() - self.cfg.pending_timeout_ms):
                 self.pending_now -= 1
                 yield self._dead_letter(user_id, held, "unknown_item",
@@ -772,9 +858,25 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
         self.profile.update(state.to_bytes())
         self.g_pending.set(self.pending_now)
 
-    def _load(self) -> Optional[UserState]:
+    def _load(self) -> "UserState | Forgotten | None":
         raw = self.profile.value()
-        return None if raw is None else UserState.from_bytes(raw)
+        return None if raw is None else decode_profile(raw)
+
+    def _forget(self, ctx, state: Optional[UserState], ts: int, key: bytes) -> Iterable:
+        """Erase the user: their state becomes a :class:`Forgotten` marker (cleared by a timer
+        after ``forget_memory_hours``), their ranking a tombstone."""
+        if state is not None:
+            self.pending_now -= len(state.pending)
+        memory_ms = int(self.cfg.forget_memory_hours * 3_600_000)
+        if memory_ms > 0:
+            expires = ctx.timer_service().current_processing_time() + memory_ms
+            self.profile.update(Forgotten(ts, expires).to_bytes())
+            ctx.timer_service().register_processing_time_timer(expires)
+        else:
+            self.profile.clear()
+        self.g_pending.set(self.pending_now)
+        self.tombstones_out.inc()
+        yield Row(key, None)  # tombstone: compaction erases the user's ranking
 
     # -- micro-batches -----------------------------------------------------------------------
 
@@ -865,7 +967,14 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
                           "item_id": held.item_id, "weight": held.weight, "ts": held.ts},
                          separators=(",", ":")).encode("utf-8")
         return DLQ_TAG, Row(dlq_record(InvalidRecord(reason, detail), raw, self.events_topic,
-                                       held.partition, held.offset, held.ts))
+                                       held.partition, held.offset, held.ts,
+                                       max_raw_bytes=self.dlq_max_raw_bytes))
+
+
+def _held(ev, weight: float) -> PendingEvent:
+    """An event as held for an unknown item (and as dead-lettered)."""
+    return PendingEvent(ev["item_id"], weight, ev["ts"], ev["event_id"] or "", _now_ms(),
+                        ev["partition"], ev["offset"])
 
 
 def user_ttl(hours: float):

@@ -76,6 +76,17 @@ def rel_log(values: np.ndarray, top: float) -> np.ndarray:
     return np.log1p(values) / math.log1p(top) if top > 0 else np.zeros_like(values)
 
 
+def softplus(x: np.ndarray) -> np.ndarray:
+    """``log1p(exp(x))`` without overflow: exactly that up to x = 30, ``x + log1p(exp(-x))``
+    above (the same value in float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    big = x > 30.0
+    out = np.log1p(np.exp(np.where(big, 0.0, x)))
+    if big.any():
+        out[big] = x[big] + np.log1p(np.exp(-x[big]))
+    return out
+
+
 def top_k(scores: np.ndarray, k: int, exclude: Optional[np.ndarray] = None) -> np.ndarray:
     """Indices of the ``k`` highest scores, best first, skipping ``exclude`` (bool mask or
     index array). Ties keep the lower index first. Fewer than ``k`` when too few remain."""

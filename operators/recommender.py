@@ -58,6 +58,7 @@ class ModelParams:
     ann_candidates: int = 200
     ann_nprobe: int = 16
     popular_candidates: int = 200
+    reason_title_chars: int = 80
 
     @classmethod
     def from_settings(cls, r) -> "ModelParams":
@@ -73,7 +74,7 @@ class ModelParams:
             mmr_candidates=r.mmr_candidates, max_seen=r.max_seen, max_pending=r.max_pending,
             cooc_positive_only=r.cooc_positive_only, exact_max_items=r.exact_max_items,
             ann_candidates=r.ann_candidates, ann_nprobe=r.ann_nprobe,
-            popular_candidates=r.popular_candidates)
+            popular_candidates=r.popular_candidates, reason_title_chars=r.reason_title_chars)
 
     @property
     def prior(self) -> np.ndarray:
@@ -147,13 +148,24 @@ def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     lp_all = cat.popularity()
     lp_top = float(lp_all.max())
     if math.isfinite(lp_top):
-        decay = now_ts * math.log(2.0) / p.popularity_half_life_ms
-        lp = sel(lp_all)
-        trend = np.zeros(lp.shape[0])
-        finite = np.isfinite(lp)
-        trend[finite] = np.exp(lp[finite] - decay)
-        feats[:, F_TREND] = ranking.rel_log(trend, math.exp(lp_top - decay))
+        feats[:, F_TREND] = trending_feature(sel(lp_all), lp_top, now_ts,
+                                             p.popularity_half_life_ms)
     return feats
+
+
+def trending_feature(log_pop: np.ndarray, log_pop_top: float, now_ts: int,
+                     half_life_ms: float) -> np.ndarray:
+    """log1p(trend) / log1p(top trend), the trend of an item being ``exp(log_pop - decay)``
+    at ``now_ts``: computed in log space (``log1p(exp(x))`` as a stable softplus), so any
+    valid timestamp works, however old the event or short the half-life."""
+    decay = now_ts * math.log(2.0) / half_life_ms
+    top = float(ranking.softplus(np.array([log_pop_top - decay]))[0])
+    out = np.zeros(log_pop.shape[0])
+    if top <= 0:  # every trend underflows to 0
+        return out
+    finite = np.isfinite(log_pop)
+    out[finite] = ranking.softplus(log_pop[finite] - decay) / top
+    return out
 
 
 def candidate_rows(state: UserState, cat: CatalogIndex, p: ModelParams,
@@ -279,17 +291,25 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
         reason = "trending now" if b == F_TREND else "popular"
         if b == F_CONTENT and hist_rows:
             sims = cat.live_matrix()[hist_rows] @ cat.live_matrix()[r]
-            reason = f"similar to {cat.titles[hist_rows[int(np.argmax(sims))]]}"
+            reason = "similar to " + cite(cat.titles[hist_rows[int(np.argmax(sims))]],
+                                          p.reason_title_chars)
         elif b == F_CONTENT:
             reason = "matches your interests"
         elif b == F_COOC:
             x = cooc_from.get(r)
             if x is not None and x in cat.row:
-                reason = f"often liked after {cat.titles[cat.row[x]]}"
+                reason = "often liked after " + cite(cat.titles[cat.row[x]],
+                                                     p.reason_title_chars)
             else:
                 reason = "often liked together with your items"
         out.append(reason)
     return out
+
+
+def cite(title: str, max_chars: int) -> str:
+    """A title as cited in a reason: at most ``max_chars`` characters (an ellipsis marks a
+    cut), so a ranking's size does not depend on the catalog's titles."""
+    return title if len(title) <= max_chars else title[: max(0, max_chars - 1)] + "\u2026"
 
 
 def learn(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: str,

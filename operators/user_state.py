@@ -51,6 +51,29 @@ def push_recent(items: list[str], item_id: str, bound: int) -> None:
 
 
 _VERSION = 3
+_FORGOTTEN = struct.Struct("<Bqq")
+_FORGOTTEN_TAG = 0xFF
+
+
+@dataclass
+class Forgotten:
+    """What is left of a user after ``forget_user``: only that they were forgotten, at event
+    time ``ts``, until processing time ``expires_ms``. Events older than the forget are
+    refused meanwhile (they must not bring the user back); newer ones start afresh."""
+
+    ts: int
+    expires_ms: int
+
+    def to_bytes(self) -> bytes:
+        return _FORGOTTEN.pack(_FORGOTTEN_TAG, self.ts, self.expires_ms)
+
+
+def decode_profile(data: bytes) -> "UserState | Forgotten":
+    """A user's keyed state value: their :class:`UserState`, or a :class:`Forgotten` marker."""
+    if data[0] == _FORGOTTEN_TAG:
+        _, ts, expires = _FORGOTTEN.unpack_from(data, 0)
+        return Forgotten(ts, expires)
+    return UserState.from_bytes(data)
 
 
 @dataclass

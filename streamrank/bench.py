@@ -60,6 +60,7 @@ def plain_loop(settings: Settings, n_events: int, out_topic: str,
     from operators.recommender import ModelParams
     from streamrank.evaluate import ItemStatistics
     from streamrank.inprocess import InProcessUsers
+    from streamrank.kafka_clients import python_client_kwargs
     from streamrank.messages import InvalidRecord, parse_event, parse_item, ranking_record
     from udfs.embedding import CachedEmbedder
 
@@ -68,9 +69,11 @@ def plain_loop(settings: Settings, n_events: int, out_topic: str,
     cat = CatalogIndex()
     stats = ItemStatistics(cat, p, settings.ranking.max_neighbours)
     embedder = CachedEmbedder.from_settings(settings.model)
+    client = python_client_kwargs(settings.kafka.properties, "consumer")
     consumer = KafkaConsumer(topics.items, bootstrap_servers=bootstrap,
                              auto_offset_reset="earliest", enable_auto_commit=False,
-                             group_id=None, consumer_timeout_ms=3000, max_poll_records=2000)
+                             group_id=None, consumer_timeout_ms=3000, max_poll_records=2000,
+                             **client)
     for msg in consumer:  # the catalog, until the topic is drained
         try:
             it = parse_item(msg.value, now_ms=int(time.time() * 1000))
@@ -83,10 +86,11 @@ def plain_loop(settings: Settings, n_events: int, out_topic: str,
     consumer.close()
     embedder.close()
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1,
-                             batch_size=64 * 1024)
+                             batch_size=64 * 1024,
+                             **python_client_kwargs(settings.kafka.properties, "producer"))
     consumer = KafkaConsumer(topics.events, bootstrap_servers=bootstrap,
                              auto_offset_reset="earliest", enable_auto_commit=False,
-                             group_id=None, max_poll_records=2000)
+                             group_id=None, max_poll_records=2000, **client)
     users = InProcessUsers(cat, p, embedder.model_id)
     done = 0
     t0 = None
@@ -366,8 +370,10 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
         warm_cache(items, settings.model)
         job = (ClusterJob(settings) if taskmanagers
                else JobProcess(settings, out / "job.log")).start()
-        rankings = RankingsReader(settings.kafka.bootstrap_servers, settings.kafka.topics.rankings)
-        producer = make_producer(settings.kafka.bootstrap_servers)
+        props = settings.kafka.properties
+        rankings = RankingsReader(settings.kafka.bootstrap_servers, settings.kafka.topics.rankings,
+                                  props)
+        producer = make_producer(settings.kafka.bootstrap_servers, props)
         produce(producer, settings.kafka.topics.items, items, "item_id", desc="items")
         wait_for_catalog(producer, settings, rankings, items[-1]["item_id"], len(items),
                          job=job, timeout_s=900)

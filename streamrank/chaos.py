@@ -206,9 +206,10 @@ class Harness:
             self.broker.up()
         create_topics(self.settings.kafka)
         self.cluster.up()
-        self.rankings = RankingsReader(bootstrap, self.settings.kafka.topics.rankings)
-        self.dlq = TopicReader(bootstrap, self.settings.kafka.topics.events_dlq)
-        self.producer = make_producer(bootstrap)
+        props = self.settings.kafka.properties
+        self.rankings = RankingsReader(bootstrap, self.settings.kafka.topics.rankings, props)
+        self.dlq = TopicReader(bootstrap, self.settings.kafka.topics.events_dlq, props)
+        self.producer = make_producer(bootstrap, props)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -51,7 +51,7 @@ def cmd_replay(args) -> int:
     from streamrank.replay import make_producer, produce, read_events, read_items
 
     settings = _settings(args)
-    producer = make_producer(settings.kafka.bootstrap_servers)
+    producer = make_producer(settings.kafka.bootstrap_servers, settings.kafka.properties)
     try:
         if not args.events_only:
             items = read_items(args.data)

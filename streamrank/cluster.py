@@ -29,7 +29,7 @@ from typing import Optional
 
 import yaml
 
-from streamrank.config import REPO_ROOT, ClusterSettings, Settings, to_dict
+from streamrank.config import REPO_ROOT, ClusterSettings, Settings, file_and_environment
 from streamrank.runtime import SetupError, prepare_process_environment, python_path_for_workers
 
 
@@ -149,10 +149,11 @@ class StandaloneCluster:
             PYFLINK_CLIENT_EXECUTABLE=sys.executable,
         )
 
-    def _script(self, name: str, *args: str, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess:
+    def _script(self, name: str, *args: str, check: bool = True, timeout: float = 120,
+                extra_env: Optional[dict] = None) -> subprocess.CompletedProcess:
         cmd = ["bash", str(flink_home() / "bin" / name), *args]
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=self.env(), capture_output=True,
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env={**self.env(), **(extra_env or {})},
+                              capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if check and proc.returncode != 0:
             raise ClusterError(f"{name} {' '.join(args)} failed ({proc.returncode}):\n"
@@ -332,7 +333,7 @@ class StandaloneCluster:
         """``flink run -d -py jobs/ranking_job.py`` with these settings; returns the job id."""
         self.root.mkdir(parents=True, exist_ok=True)
         conf_file = self.root / f"job-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.yaml"
-        data = to_dict(absolute_paths(settings))
+        data, secret_env = file_and_environment(absolute_paths(settings))
         if parallelism:
             data["flink"]["parallelism"] = parallelism
         conf_file.write_text(yaml.safe_dump(data))
@@ -342,7 +343,8 @@ class StandaloneCluster:
         if parallelism:
             args += ["-p", str(parallelism)]
         args += ["-py", str(REPO_ROOT / "jobs" / "ranking_job.py"), "--config", str(conf_file)]
-        proc = self._script("flink", *args, check=False, timeout=timeout)
+        proc = self._script("flink", *args, check=False, timeout=timeout,
+                            extra_env=secret_env)
         match = re.search(r"JobID ([0-9a-f]{32})", proc.stdout + proc.stderr)
         if proc.returncode != 0 or not match:
             raise ClusterError(f"flink run failed ({proc.returncode}):\n{proc.stdout[-4000:]}"

@@ -8,6 +8,7 @@ The object is plain dataclasses so it pickles into Flink functions unchanged.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ class KafkaSettings:
     delivery_guarantee: str = "at-least-once"
     transactional_id_prefix: str = "streamrank"
     transaction_timeout_ms: int = 600_000
+    replication_factor: int = 1
+    properties: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class FlinkSettings:
     state_backend: str = "rocksdb"
     checkpoint_dir: str = ".run/checkpoints"
     checkpoint_timeout_ms: int = 120_000
+    tolerable_failed_checkpoints: int = 5
     min_pause_between_checkpoints_ms: int = 0
     restart_strategy: str = "exponential-delay"
     restart_delay_ms: int = 1000
@@ -114,6 +118,8 @@ class RankingSettings:
     pending_retry_ms: int = 500
     pending_timeout_ms: int = 3_600_000
     user_ttl_hours: float = 0.0
+    forget_memory_hours: float = 168.0
+    reason_title_chars: int = 80
     emit_state_digest: bool = False
     max_centroids: int = 4
     centroid_open_threshold: float = 0.5
@@ -141,7 +147,9 @@ class ValidationSettings:
     max_id_length: int = 256
     max_text_chars: int = 20_000
     max_future_skew_ms: int = 86_400_000
+    min_ts_ms: int = 0
     max_record_bytes: int = 1_048_576
+    dlq_max_raw_bytes: int = 65_536
 
 
 @dataclass(frozen=True)
@@ -240,7 +248,8 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
 def _merge(base: dict, over: Mapping) -> dict:
     out = dict(base)
     for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "extra":
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) \
+                and key not in ("extra", "properties"):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -276,6 +285,20 @@ def load_settings(
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     return _build(Settings, data, "")
+
+
+def file_and_environment(settings: Settings) -> tuple[dict, dict[str, str]]:
+    """The settings as a dict to write to a config file for another process, with secret
+    Kafka properties masked, and the environment variables that carry the real properties
+    to that process (``load_settings`` reads them over the file)."""
+    from streamrank.kafka_clients import masked
+
+    data = to_dict(settings)
+    props = dict(settings.kafka.properties)
+    if not props:
+        return data, {}
+    data["kafka"]["properties"] = masked(props)
+    return data, {ENV_PREFIX + "KAFKA__PROPERTIES": json.dumps(props)}
 
 
 def parse_set_args(items: list[str] | None) -> dict[str, Any]:

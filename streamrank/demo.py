@@ -74,9 +74,10 @@ def run_demo(settings: Settings, data_dir: str, limit: Optional[int] = None,
         _say(f"starting the Flink job (MiniCluster), log in {RUN_DIR / 'job.log'}")
         job = JobProcess(settings, RUN_DIR / "job.log").start()
         bootstrap = settings.kafka.bootstrap_servers
-        rankings = RankingsReader(bootstrap, settings.kafka.topics.rankings)
-        dlq = TopicReader(bootstrap, settings.kafka.topics.events_dlq)
-        producer = make_producer(bootstrap)
+        props = settings.kafka.properties
+        rankings = RankingsReader(bootstrap, settings.kafka.topics.rankings, props)
+        dlq = TopicReader(bootstrap, settings.kafka.topics.events_dlq, props)
+        producer = make_producer(bootstrap, props)
 
         produce(producer, settings.kafka.topics.items, items, "item_id", desc="items")
         t0 = time.monotonic()

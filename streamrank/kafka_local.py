@@ -217,17 +217,46 @@ def topic_specs(kafka: KafkaSettings) -> dict[str, dict[str, str]]:
     return specs
 
 
+def _admin(kafka: KafkaSettings, **kwargs):
+    from kafka import KafkaAdminClient
+
+    from streamrank.kafka_clients import python_client_kwargs
+
+    return KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers,
+                            **{**python_client_kwargs(kafka.properties, "admin"), **kwargs})
+
+
+def missing_topics(kafka: KafkaSettings, timeout_ms: int = 15_000) -> list[str]:
+    """The job's topics that do not exist on the cluster (a clear error at job start beats a
+    job failing at its first dead letter). Raises ``SetupError`` when Kafka cannot be
+    reached."""
+    from kafka.errors import KafkaError
+
+    from streamrank.runtime import SetupError
+
+    try:
+        admin = _admin(kafka, request_timeout_ms=timeout_ms)
+    except (KafkaError, OSError, ValueError) as exc:
+        raise SetupError(f"cannot reach Kafka at {kafka.bootstrap_servers} "
+                         f"({type(exc).__name__}: {exc}); check kafka.bootstrap_servers and "
+                         f"kafka.properties") from exc
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    return [t for t in topic_specs(kafka) if t not in existing]
+
+
 def create_topics(kafka: KafkaSettings, recreate: bool = False,
                   extra: tuple[str, ...] = ()) -> list[str]:
     """Create the job's topics that do not exist (all of them afresh with ``recreate``), plus
     ``extra`` plain topics."""
-    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
     specs = topic_specs(kafka)
     specs.update({name: {} for name in extra})
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin = _admin(kafka)
     try:
         existing = set(admin.list_topics())
         if recreate:
@@ -239,7 +268,7 @@ def create_topics(kafka: KafkaSettings, recreate: bool = False,
                     pass
                 _wait_topics_gone(admin, doomed)
             existing -= set(doomed)
-        new = [NewTopic(name, kafka.partitions, 1, topic_configs=cfg)
+        new = [NewTopic(name, kafka.partitions, kafka.replication_factor, topic_configs=cfg)
                for name, cfg in specs.items() if name not in existing]
         created = []
         if new:

@@ -90,11 +90,16 @@ class RateLimiter:
             time.sleep(delay)
 
 
-def make_producer(bootstrap_servers: str):
+def make_producer(bootstrap_servers: str, properties: Optional[dict] = None):
+    """A producer for replays; ``properties``: ``kafka.properties`` (security, timeouts)."""
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=2, acks=1,
-                         batch_size=64 * 1024, max_in_flight_requests_per_connection=5)
+    from streamrank.kafka_clients import python_client_kwargs
+
+    kwargs = dict(linger_ms=2, acks=1, batch_size=64 * 1024,
+                  max_in_flight_requests_per_connection=5)
+    kwargs.update(python_client_kwargs(properties or {}, "producer"))
+    return KafkaProducer(bootstrap_servers=bootstrap_servers, **kwargs)
 
 
 def produce(producer, topic: str, records: list[dict], key_field: str,

@@ -123,6 +123,8 @@ def flink_configuration(settings: Settings) -> dict[str, str]:
         "execution.checkpointing.interval": f"{f.checkpoint_interval_ms} ms",
         "execution.checkpointing.timeout": f"{f.checkpoint_timeout_ms} ms",
         "execution.checkpointing.min-pause": f"{f.min_pause_between_checkpoints_ms} ms",
+        "execution.checkpointing.tolerable-failed-checkpoints":
+            str(f.tolerable_failed_checkpoints),
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         # Keep the last checkpoint when the job is cancelled: a redeploy can start from it.
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",

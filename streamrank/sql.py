@@ -53,6 +53,7 @@ VIEWS = {
 
 def _kafka_options(settings: Settings, topic: str) -> str:
     from jobs.kafka_io import sql_options
+    from streamrank.kafka_clients import connector_options
 
     return sql_options({
         "connector": "kafka",
@@ -64,6 +65,7 @@ def _kafka_options(settings: Settings, topic: str) -> str:
         "scan.bounded.mode": "latest-offset",
         "format": "json",
         "json.ignore-parse-errors": "true",
+        **connector_options(settings.kafka.properties),
     })
 
 

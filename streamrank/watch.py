@@ -20,7 +20,7 @@ from typing import Optional
 
 import yaml
 
-from streamrank.config import REPO_ROOT, Settings, to_dict
+from streamrank.config import REPO_ROOT, Settings, file_and_environment
 
 PROBE_USER = "__streamrank_probe__"
 
@@ -39,12 +39,13 @@ class JobProcess:
 
     def start(self) -> "JobProcess":
         fd, self._conf_file = tempfile.mkstemp(prefix="streamrank-", suffix=".yaml")
+        data, secret_env = file_and_environment(self.settings)
         with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(to_dict(self.settings), f)
+            yaml.safe_dump(data, f)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.flink_log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        env = dict(os.environ, FLINK_LOG_DIR=str(self.flink_log_dir.resolve()))
+        env = dict(os.environ, FLINK_LOG_DIR=str(self.flink_log_dir.resolve()), **secret_env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobs.ranking_job", "--config", self._conf_file],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -86,14 +87,17 @@ class JobProcess:
 class TopicReader:
     """Reads a topic from the beginning in a background thread and keeps what it saw."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, properties: Optional[dict] = None):
         from kafka import KafkaConsumer
+
+        from streamrank.kafka_clients import python_client_kwargs
 
         self.topic = topic
         self._consumer = KafkaConsumer(
             topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
             enable_auto_commit=False, group_id=None, fetch_max_wait_ms=20,
-            isolation_level="read_committed")
+            isolation_level="read_committed",
+            **python_client_kwargs(properties or {}, "consumer"))
         self.records: list[tuple[Optional[bytes], Optional[bytes], int]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -129,11 +133,11 @@ class TopicReader:
 class RankingsReader(TopicReader):
     """A TopicReader for ``rankings`` that indexes by user and by event id."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, properties: Optional[dict] = None):
         self.latest: dict[str, dict] = {}
         self.by_event: dict[str, list[int]] = defaultdict(list)  # event_id -> receive times
         self.tombstones: list[str] = []
-        super().__init__(bootstrap, topic)
+        super().__init__(bootstrap, topic, properties)
 
     def _on_record(self, key, value, received_ms: int) -> None:
         with self._lock:

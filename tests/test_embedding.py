@@ -115,3 +115,42 @@ def test_cache_held_by_another_process_opens_read_only(tmp_path):
         assert queue.get(timeout=5) == [0.0, 1.0, 2.0]
     finally:
         holder.close()
+
+
+def test_a_model_that_cannot_be_loaded_gives_a_clear_error(tmp_path):
+    (tmp_path / "not-a-model").mkdir()
+    emb = CachedEmbedder(str(tmp_path / "not-a-model"), cache_dir=tmp_path / "c", device="cpu")
+    try:
+        with pytest.raises(RuntimeError, match="(?s)could not be loaded after 2 attempts.*"
+                                               "model.name_or_path"):
+            emb.load(attempts=2, backoff_s=0.01)
+    finally:
+        emb.close()
+
+
+def test_failing_texts_and_broken_vectors_never_reach_the_catalog(tmp_path, monkeypatch):
+    """One text the model raises on costs only that text; a non-finite vector is refused and
+    not cached; a cached vector of the wrong shape is a miss."""
+    emb = CachedEmbedder(cache_dir=tmp_path / "c", device="cpu")
+    try:
+        model = emb.load()
+        real = model.embed
+
+        def flaky(texts):
+            if any("POISON" in t for t in texts):
+                raise RuntimeError("tokenizer exploded")
+            out = real(texts)
+            out[[i for i, t in enumerate(texts) if "NAN" in t]] = np.nan
+            return out
+
+        monkeypatch.setattr(model, "embed", flaky)
+        texts = [TEXTS[0], "POISON text", "a NAN text", TEXTS[2]]
+        results = emb.embed_each(texts)
+        assert [r[1].split(":")[0] for r in results] == ["", "embedding_failed", "bad_vector",
+                                                         ""]
+        assert results[0][0].shape == (384,) and results[1][0] is None
+        assert emb.cache.get(emb.model_id, "a NAN text") is None, "never cache a NaN vector"
+        emb.cache.put(emb.model_id, "short", np.ones(7, np.float32))
+        assert emb.lookup("short") is None, "a cached vector of the wrong shape is a miss"
+    finally:
+        emb.close()

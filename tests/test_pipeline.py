@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 
+import numpy as np
 import pytest
+
+from operators import recommender
+from operators.catalog import CatalogIndex
+from operators.recommender import ModelParams
+from operators.user_state import UserState
 
 from streamrank.kafka_local import create_topics
 from streamrank.replay import make_producer, produce
@@ -15,6 +22,8 @@ from streamrank.watch import JobProcess, RankingsReader, TopicReader, wait_for_c
 from tests.conftest import isolated_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.model]
+
+DLQ_CAP = 8192
 
 # A small synthetic catalog of four clearly separated genres.
 GENRES = {
@@ -47,10 +56,21 @@ def event(eid, user, item, etype="like", **kw):
             "ts": int(time.time() * 1000), **kw}
 
 
+def restarts(proc) -> list[str]:
+    """Lines of the Flink log where the job or a task failed (a restart)."""
+    return re.findall(r".*switched from (?:state )?\w+ to (?:RESTARTING|FAILING|FAILED).*",
+                      proc.flink_log())
+
+
 @pytest.fixture(scope="module")
 def job(kafka_bootstrap, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("job")
-    settings = isolated_settings(kafka_bootstrap, tmp, **{"ranking.max_pending": 3})
+    settings = isolated_settings(kafka_bootstrap, tmp, **{
+        "ranking.max_pending": 3,
+        # News-like decay: with all-time popularity an event of 1970 could not overflow it.
+        "ranking.popularity_half_life_hours": 24,
+        "ranking.emit_state_digest": True,
+        "validation.dlq_max_raw_bytes": DLQ_CAP})
     create_topics(settings.kafka)
     proc = JobProcess(settings, tmp / "job.log").start()
     rankings = RankingsReader(kafka_bootstrap, settings.kafka.topics.rankings)
@@ -187,19 +207,37 @@ def test_deleted_item_leaves_rankings(job):
         assert rec["catalog_size"] == first["catalog_size"] - 1
 
 
-def test_forget_user_writes_a_tombstone(job):
-    settings, proc, producer, rankings, _ = job
+def test_forget_user_writes_a_tombstone_and_erases_all_state(job):
+    settings, proc, producer, rankings, dlq = job
     send(producer, settings, [event("f-1", "leaver", "ani2")])
     wait_for(lambda: rankings.by_event.get("f-1"), proc, what="leaver ranking")
     producer.send(settings.kafka.topics.events, key=b"leaver",
                   value=json.dumps({"type": "forget_user", "user_id": "leaver"}).encode())
     producer.flush()
     wait_for(lambda: "leaver" in rankings.tombstones, proc, what="tombstone")
-    # Afterwards the user starts from scratch: no history, popularity fallback.
-    send(producer, settings, [event("f-2", "leaver", "ani13", "skip")])
+    forget_ts = int(time.time() * 1000)
+    producer.send(settings.kafka.topics.events, key=b"leaver", value=json.dumps(
+        {"type": "forget_user", "user_id": "leaver", "ts": forget_ts}).encode())
+    # A late event from before the forget does not bring the user back: it is dead-lettered.
+    send(producer, settings, [event("f-late", "leaver", "ani3", ts=forget_ts - 60_000)])
+    late = wait_for(lambda: [r for r in dlq.values() if r["reason"] == "user_forgotten"], proc,
+                    what="the late event in the DLQ")
+    assert json.loads(late[0]["raw"])["event_id"] == "f-late"
+    assert "f-late" not in rankings.by_event
+    # A newer event starts from scratch: the state after it is exactly a new user's state
+    # after that one event (nothing of the old interests, history, seen items or weights).
+    ts = forget_ts + 1
+    send(producer, settings, [event("f-2", "leaver", "ani13", "skip", ts=ts)])
     rec = wait_for(lambda: rankings.by_event.get("f-2") and rankings.ranking("leaver"), proc,
                    what="ranking after forget")
     assert rec["items"][0]["reason"] in ("popular", "trending now")
+    fresh = UserState.empty(384)
+    fresh.model = rec["model"]
+    cat = CatalogIndex(dim=384)
+    cat.upsert("ani13", "any", np.ones(384, np.float32))
+    p = ModelParams.from_settings(settings.ranking)
+    assert recommender.observe(fresh, cat, p, "ani13", p.weight("skip", None), ts)
+    assert rec["state_digest"] == fresh.digest()
 
 
 def test_a_burst_is_ranked_in_micro_batches_each_event_on_the_state_after_it(job):
@@ -230,3 +268,82 @@ def test_a_burst_is_ranked_in_micro_batches_each_event_on_the_state_after_it(job
             assert len(shown) == settings.ranking.k
             next_item_shown += j < 2 and f"rom{(u + j + 1) % 15}" in shown
     assert next_item_shown > 0
+
+
+def test_poison_records_never_restart_the_job(job):
+    """Every poison kind of issue 11 mixed with valid events: no restart, every valid event
+    ranked, every poison record in its DLQ with its reason, every record within its cap."""
+    settings, proc, producer, rankings, dlq = job
+    from tests.test_poison import POISON
+
+    topics = settings.kafka.topics
+    long_title = "The Very Long Haunted Ghost Crypt " + "of Endless Nightmares " * 100
+    bad_items = [
+        (b'{"item_id":"bad-title","title":"Ghost \\ud83d crypt","ts":5}', "invalid_unicode"),
+        (b'{"item_id":"huge-ts","title":"Ghost","ts":' + b"1" * 500 + b"}", "ts_out_of_range"),
+        (b'{"item_id":"x\\u2029y","title":"Ghost"}', "bad_id"),
+    ]
+    item_dlq = TopicReader(settings.kafka.bootstrap_servers, topics.items_dlq)
+
+    def offset_of(topic, payload, key=b"poison") -> int:
+        return producer.send(topic, key=key, value=payload).get(timeout=30).offset
+
+    try:
+        for payload, _ in bad_items:
+            producer.send(topics.items, key=b"poison", value=payload)
+        produce(producer, topics.items, [{"item_id": "long-title", "title": long_title,
+                                          "categories": ["Horror"], "ts": 5}], "item_id",
+                progress=False)
+        produce(producer, topics.items, [{"item_id": "ani9", "deleted": True}], "item_id",
+                progress=False)
+        time.sleep(2)
+        # Another user consumes the long-titled item, then hor5: a co-occurrence that makes
+        # hor5's reason for "longfan" below cite the long title.
+        send(producer, settings, [event("lf2-1", "longfan2", "long-title", "like"),
+                                  event("lf2-2", "longfan2", "hor5", "like")])
+        cooc_sent = time.monotonic()
+        expected: dict[int, str] = {}  # events offset -> reason
+        valid = []
+        for i, (payload, reason) in enumerate(POISON):
+            expected[offset_of(topics.events, payload)] = reason
+            valid.append(event(f"pv-{i}", "survivor", f"hor{i % 15}", "like"))
+            send(producer, settings, valid[-1:])
+        # Valid but extreme: an event of 1970 (the decay overflowed on it before) and one
+        # that makes reasons cite the long title.
+        time.sleep(max(0.0, settings.ranking.neighbours_emit_interval_ms / 1000 + 1.5
+                       - (time.monotonic() - cooc_sent)))
+        valid += [event("pv-1970", "survivor", "hor3", "like", ts=5),
+                  event("pv-long", "longfan", "long-title", "like")]
+        send(producer, settings, valid[-2:])
+        deleted = json.dumps(event("pv-deleted", "survivor", "ani9", "click")).encode()
+        expected[offset_of(topics.events, deleted, b"survivor")] = "item_deleted"
+        ids = [e["event_id"] for e in valid]
+        wait_for(lambda: rankings.count_ranked(ids) == len(ids), proc, timeout_s=120,
+                 what="a ranking for every valid event")
+
+        def dead_letters():
+            got = {r["offset"]: r["reason"] for r in dlq.values()
+                   if r["topic"] == topics.events and r["offset"] in expected}
+            return len(got) == len(expected) and got
+
+        assert wait_for(dead_letters, proc, what="every poison event in the DLQ") == expected
+        items_out = wait_for(lambda: len(item_dlq.values()) >= len(bad_items) and
+                             item_dlq.values(), proc, what="every poison item in the items DLQ")
+        assert sorted(r["reason"] for r in items_out) == sorted(r for _, r in bad_items)
+        assert "pv-deleted" not in rankings.by_event
+        # Bounded records: the 900 KB record's dead letter is cut to the cap.
+        with dlq._lock:
+            sizes = [len(v) for _, v, _ in dlq.records if v is not None]
+        assert max(sizes) <= DLQ_CAP + 1200
+        assert any(r.get("raw_truncated") and r["raw_bytes"] == 900_000 for r in dlq.values())
+        with rankings._lock:
+            assert max(len(v) for _, v, _ in rankings.records if v is not None) <= 8192
+        cited = [it["reason"] for it in rankings.ranking("longfan")["items"]
+                 if "The Very Long" in it["reason"]]
+        assert cited, rankings.ranking("longfan")
+        cap = settings.ranking.reason_title_chars
+        assert all(c.endswith("\u2026") and len(c.split("The Very Long", 1)[1]) ==
+                   cap - len("The Very Long") for c in cited), cited
+        assert proc.alive() and not restarts(proc), restarts(proc)
+    finally:
+        item_dlq.close()

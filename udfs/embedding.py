@@ -180,6 +180,28 @@ class _SharedStore:
                 del cls._open[path]
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned and len(_warned) < 100:
+        _warned.add(message)
+        log.warning(message)
+
+
+def vector_problem(vec, dim: Optional[int]) -> Optional[str]:
+    """Why a vector must not enter a catalog (wrong shape, non-finite or zero values), or
+    None when it is fine."""
+    arr = np.asarray(vec)
+    if arr.ndim != 1 or (dim is not None and arr.shape[0] != dim) or arr.shape[0] == 0:
+        return f"vector of shape {arr.shape}, expected ({dim},)"
+    if not np.all(np.isfinite(arr)):
+        return "vector has non-finite values"
+    if not np.any(arr):
+        return "vector is all zeros"
+    return None
+
+
 class EmbeddingCache:
     """Persistent ``(model_id, text) -> float32 vector`` store."""
 
@@ -188,13 +210,24 @@ class EmbeddingCache:
         self._db, self.read_only = _SharedStore.acquire(self.path)
 
     def get(self, model_id: str, text: str) -> Optional[np.ndarray]:
-        raw = self._db.get(cache_key(model_id, text))
-        return None if raw is None else np.frombuffer(raw, dtype=np.float32)
+        """The cached vector, or None (also when the store fails: a miss, logged)."""
+        try:
+            raw = self._db.get(cache_key(model_id, text))
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare exceptions
+            _warn_once(f"embedding cache {self.path}: read failed ({exc}); re-embedding")
+            return None
+        if raw is None or len(raw) % 4:
+            return None
+        return np.frombuffer(raw, dtype=np.float32)
 
     def put(self, model_id: str, text: str, vector: np.ndarray) -> None:
         if self.read_only:
             return
-        self._db[cache_key(model_id, text)] = np.asarray(vector, np.float32).tobytes()
+        try:
+            self._db[cache_key(model_id, text)] = np.asarray(vector, np.float32).tobytes()
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot write is only slower
+            _warn_once(f"embedding cache {self.path}: write failed ({exc}); vectors are "
+                       "used but not cached")
 
     def close(self) -> None:
         if self._db is not None:
@@ -235,11 +268,65 @@ class CachedEmbedder:
             self._embedder = TextEmbedder(**self._model_args)
         return self._embedder
 
+    @property
+    def dim(self) -> Optional[int]:
+        """The model's dimension once it is loaded (cached vectors of another size are
+        misses)."""
+        return self._embedder.dim if self._embedder is not None else None
+
+    def check_configuration(self) -> None:
+        """Fail now, clearly, when the configured model cannot exist here (a missing local
+        directory is taken for a hub id, which cannot be reached offline)."""
+        name = self._model_args["name_or_path"]
+        _, path = resolve_model(name)
+        if name.startswith((".", "/", "~")) and not Path(path).is_dir():
+            raise RuntimeError(f"model.name_or_path {name!r}: no such model directory")
+
+    def load(self, attempts: int = 3, backoff_s: float = 2.0) -> TextEmbedder:
+        """Load the model now, retrying ``attempts`` times; a clear error when it cannot be
+        loaded (the Flink task then fails and is restarted by the restart strategy)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.embedder
+            except Exception as exc:  # noqa: BLE001 - reported below with what to check
+                if attempt == attempts:
+                    raise RuntimeError(
+                        f"embedding model {self._model_args['name_or_path']!r} could not be "
+                        f"loaded after {attempts} attempts: {type(exc).__name__}: {exc}. "
+                        "Check model.name_or_path (bundled, a local Hugging Face model "
+                        "directory, or a hub id with network access), model.device and "
+                        "model.precision.") from exc
+                log.warning("loading embedding model failed (attempt %d/%d): %s; retrying",
+                            attempt, attempts, exc)
+                time.sleep(backoff_s * attempt)
+        raise AssertionError("unreachable")
+
     def lookup(self, text: str) -> Optional[np.ndarray]:
         vec = self.cache.get(self.model_id, text)
-        if vec is not None:
-            self.stats.hits += 1
+        if vec is None or vector_problem(vec, self.dim) is not None:
+            return None
+        self.stats.hits += 1
         return vec
+
+    def embed_each(self, texts: Sequence[str]) -> list[tuple[Optional[np.ndarray], str]]:
+        """Per text, ``(vector, "")`` or ``(None, reason)``; never raises. A batch the model
+        fails on is retried text by text, so one bad text costs only itself; a vector of the
+        wrong shape, or with non-finite values, is refused (``bad_vector``). A model that
+        cannot be loaded is not a property of the texts: that raises (see :meth:`load`)."""
+        if any(self.cache.get(self.model_id, t) is None for t in texts):
+            self.load()
+        try:
+            vecs = list(self.embed(texts))
+        except Exception as exc:  # noqa: BLE001 - isolate the failing texts below
+            if len(texts) <= 1:
+                return [(None, f"embedding_failed: {type(exc).__name__}: {exc}"[:300])] * \
+                    len(texts)
+            return [r for t in texts for r in self.embed_each([t])]
+        out: list[tuple[Optional[np.ndarray], str]] = []
+        for vec in vecs:
+            problem = vector_problem(vec, self.dim)
+            out.append((None, f"bad_vector: {problem}") if problem else (vec, ""))
+        return out
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for ``texts`` (one row each); only cache misses reach the model."""
@@ -249,12 +336,13 @@ class CachedEmbedder:
             # Embed each distinct missing text once.
             distinct = list(dict.fromkeys(texts[i] for i in missing))
             t0 = time.perf_counter()
-            vecs = self.embedder.embed(distinct)
+            vecs = self.load().embed(distinct)
             self.stats.embed_seconds += time.perf_counter() - t0
             self.stats.misses += len(distinct)
             by_text = dict(zip(distinct, vecs))
             for text, vec in by_text.items():
-                self.cache.put(self.model_id, text, vec)
+                if vector_problem(vec, None) is None:  # never cache a broken vector
+                    self.cache.put(self.model_id, text, vec)
             for i in missing:
                 rows[i] = by_text[texts[i]]
         if not rows:
