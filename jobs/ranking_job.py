@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import zlib
 from pathlib import Path
@@ -149,29 +148,11 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
 
 def check_topics(settings: Settings) -> None:
     """Fail at submission, naming them, when the job's topics do not exist (rather than at the
-    first dead letter, in a restart loop).
-
-    The check runs in a child process: a Kafka client in the driver process made the
-    MiniCluster's thread-mode Python hang importing torch (PyFlink 2.2, kafka-python 3;
-    bisected, cause not found)."""
-    import json
-    import subprocess
-
-    from streamrank.config import file_and_environment
+    first dead letter, in a restart loop)."""
+    from streamrank.kafka_local import missing_topics
     from streamrank.runtime import SetupError
 
-    data, secret_env = file_and_environment(settings)
-    code = ("import json, sys; from streamrank.config import Settings, _build; "
-            "from streamrank.kafka_local import missing_topics; "
-            "print(json.dumps(missing_topics(_build(Settings, json.load(sys.stdin), '').kafka)))")
-    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(data), text=True,
-                          capture_output=True, timeout=120,
-                          cwd=str(Path(__file__).resolve().parent.parent),
-                          env={**os.environ, **secret_env})
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise SetupError(lines[-1] if lines else f"topic check failed ({proc.returncode})")
-    missing = json.loads(proc.stdout.strip().splitlines()[-1])
+    missing = missing_topics(settings.kafka)
     if missing:
         raise SetupError(f"Kafka topic(s) missing on {settings.kafka.bootstrap_servers}: "
                          f"{', '.join(missing)}; create them (`streamrank kafka topics`, "

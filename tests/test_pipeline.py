@@ -347,3 +347,15 @@ def test_poison_records_never_restart_the_job(job):
         assert proc.alive() and not restarts(proc), restarts(proc)
     finally:
         item_dlq.close()
+
+
+def test_the_job_names_missing_topics_at_start(kafka_bootstrap, tmp_path):
+    from jobs.ranking_job import check_topics
+    from streamrank.runtime import SetupError
+
+    settings = isolated_settings(kafka_bootstrap, tmp_path)
+    create_topics(settings.kafka)
+    check_topics(settings)  # all there: no error
+    missing = settings.replace(**{"kafka.topics.events_dlq": "no-such-dlq-topic"})
+    with pytest.raises(SetupError, match="no-such-dlq-topic"):
+        check_topics(missing)
