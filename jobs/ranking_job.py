@@ -1,10 +1,11 @@
 """The streamrank topology: Kafka events + catalog -> per-user re-ranked top-k -> Kafka.
 
     items  -> parse -> embed (batched, cached) ----------------------------------.
-    events -> parse/validate --(bad)--> events-dlq                                | broadcast
-              |-> key_by(user) -> rank (keyed state) <-------------------------+  -> rankings
-              |-> key_by(item) -> item stats (trending, counts) ---------------|
-              '-> key_by(user) -> user history -> key_by(item) -> co-occurrence '
+           '-------------------------------------------------.               | broadcast
+    events -> parse/validate --(bad)--> events-dlq            v               |
+              |-> key_by(user) -> rank (keyed state) <-----------------------+  -> rankings
+              '-> key_by(user) -> user history -> key_by(item) -> item branch '
+                                                  (statistics, co-occurrence)
 
 Run it in a local MiniCluster with ``streamrank run``, or on a cluster with
 ``flink run -py jobs/ranking_job.py [--config FILE] [--set key=value ...]``.
@@ -26,6 +27,7 @@ from pyflink.datastream import StreamExecutionEnvironment  # noqa: E402
 from pyflink.table import StreamTableEnvironment  # noqa: E402
 
 from jobs import kafka_io  # noqa: E402
+from operators.item_branch import ItemBranch  # noqa: E402
 from operators.functions import (  # noqa: E402
     CATALOG_STATE,
     CATALOG_UPDATE_TYPE,
@@ -35,11 +37,9 @@ from operators.functions import (  # noqa: E402
     ITEM_TYPE,
     KEYED_RECORD_TYPE,
     NEIGHBOURS_STATE,
-    PAIR_TYPE,
+    ITEM_EVENT_TYPE,
     POPULARITY_STATE,
-    Cooccurrence,
     EmbedItems,
-    ItemStats,
     UserHistory,
     ParseEvents,
     ParseItems,
@@ -107,20 +107,20 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
         .name("parse-events").uid("parse-events")
     )
-    item_stats = (
-        events.key_by(lambda ev: ev["item_id"], key_type=Types.STRING())
-        .process(ItemStats(settings.ranking), output_type=CATALOG_UPDATE_TYPE)
-        .name("item-stats").uid("item-stats")
-    )
-    neighbours = (
+    # The item branch: each interaction (with the user's recent items) and the catalog, keyed
+    # by item; it broadcasts the statistics and co-occurrence counts of catalog items.
+    interactions = (
         events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
-        .process(UserHistory(settings.ranking), output_type=PAIR_TYPE)
+        .process(UserHistory(settings.ranking), output_type=ITEM_EVENT_TYPE)
         .name("user-history").uid("user-history")
-        .key_by(lambda pair: pair[0], key_type=Types.STRING())  # chained: positional Row
-        .process(Cooccurrence(settings.ranking), output_type=CATALOG_UPDATE_TYPE)
-        .name("cooccurrence").uid("cooccurrence")
     )
-    catalog_broadcast = catalog.union(item_stats, neighbours).broadcast(
+    item_stats = (
+        interactions.key_by(lambda r: r[0], key_type=Types.STRING())  # chained: positional Row
+        .connect(items.key_by(lambda it: it["item_id"], key_type=Types.STRING()))
+        .process(ItemBranch(settings.ranking), output_type=CATALOG_UPDATE_TYPE)
+        .name("item-branch").uid("item-branch")
+    )
+    catalog_broadcast = catalog.union(item_stats).broadcast(
         CATALOG_STATE, POPULARITY_STATE, NEIGHBOURS_STATE)
     rankings = (
         events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())

@@ -1,8 +1,13 @@
 """In-memory catalog of item embeddings and popularity, laid out for fast scoring.
 
 Rows of one contiguous float32 matrix (L2-normalised embeddings), an id -> row map, titles,
-a deleted mask and log-popularity. Deleted items keep their row (ids stay stable) but are
-excluded from every ranking. Pure numpy; the Flink ranker mirrors it in broadcast state.
+a deleted mask and log-popularity. A deleted item keeps its row, excluded from every ranking,
+until a new item takes it over, so memory follows the live catalog. Pure numpy; the Flink
+ranker mirrors it in broadcast state.
+
+Memory is bounded by the catalog, whatever ids events carry: statistics are kept for catalog
+rows only, and co-occurrence lists only under catalog ids (a pair with an id not in the
+catalog is remembered by that id's partner, and completed when the id arrives).
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ class CatalogIndex:
         self.earlier: dict[str, dict[str, float]] = {}
         self._nbr_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._n = 0
+        self._free: list[int] = []  # deleted rows a new item may take over
+        # Recently deleted ids (after their row is taken over too), oldest first, bounded.
+        self._gone: dict[str, None] = {}
+        # id not in the catalog -> the catalog items whose halves count it (see
+        # set_cooccurrence): its neighbour list is built when it arrives.
+        self._waiting: dict[str, set[str]] = {}
         # Candidate retrieval (large catalogs only): the ANN index, built on first use, and
         # the most popular/trending rows, recomputed when the statistics change.
         self._ann = None
@@ -80,17 +91,13 @@ class CatalogIndex:
         if norm > 0:
             vec = vec / norm
         r = self.row.get(item_id)
+        self._gone.pop(item_id, None)
         if r is None:
-            if self._n >= self.matrix.shape[0]:
-                self._grow(self._n + 1)
-            r = self._n
-            self._n += 1
-            self.row[item_id] = r
-            self.ids.append(item_id)
-            self.titles.append(title)
+            r = self._new_row(item_id, title)
             if item_id in self._early_pop:
                 self.log_pop[r], self.count[r] = self._early_pop.pop(item_id)
             self._nbr_arrays.clear()  # a new row may resolve neighbour ids
+            self._complete_pairs(item_id)
         else:
             self.titles[r] = title
             if self._ann is not None and r < self._ann.indexed and \
@@ -100,11 +107,49 @@ class CatalogIndex:
         self.deleted[r] = False
         return r
 
+    def _new_row(self, item_id: str, title: str) -> int:
+        """A row for a new item: a deleted item's row if there is one (that item leaves the
+        catalog for good), else the next one."""
+        while self._free:
+            r = self._free.pop()
+            old = self.ids[r]
+            if self.deleted[r] and self.row.get(old) == r:
+                del self.row[old]
+                self.ids[r], self.titles[r] = item_id, title
+                self.row[item_id] = r
+                self.log_pop[r], self.count[r] = -math.inf, 0.0
+                self._stats_version += 1
+                if self._ann is not None and r < self._ann.indexed:
+                    self._ann_changed = True
+                return r
+        if self._n >= self.matrix.shape[0]:
+            self._grow(self._n + 1)
+        r = self._n
+        self._n += 1
+        self.row[item_id] = r
+        self.ids.append(item_id)
+        self.titles.append(title)
+        return r
+
     def delete(self, item_id: str) -> bool:
         r = self.row.get(item_id)
         if r is None:
             return False
-        self.deleted[r] = True
+        if not self.deleted[r]:
+            self.deleted[r] = True
+            self._free.append(r)
+            self._gone[item_id] = None
+            if len(self._gone) > self.MAX_GONE:
+                del self._gone[next(iter(self._gone))]
+            # Its statistics leave with it (the item branch drops them too).
+            for x in self.earlier.pop(item_id, {}):
+                waiting = self._waiting.get(x)
+                if waiting is not None:
+                    waiting.discard(item_id)
+                    if not waiting:
+                        del self._waiting[x]
+            self.neighbours.pop(item_id, None)
+            self._nbr_arrays.pop(item_id, None)
         return True
 
     def set_popularity(self, item_id: str, log_pop: float, count: float = 0.0) -> None:
@@ -145,7 +190,17 @@ class CatalogIndex:
                 [x for x in old if x not in earlier]
         for x in changed:
             total = earlier.get(x, 0.0) + self.earlier.get(x, {}).get(item_id, 0.0)
+            if x not in self.row:  # not an item (yet): no list under its id, remember the pair
+                waiting = self._waiting.setdefault(x, set())
+                if x in earlier:
+                    waiting.add(item_id)
+                else:
+                    waiting.discard(item_id)
+                    if not waiting:
+                        del self._waiting[x]
             for a, b in ((item_id, x), (x, item_id)):
+                if a not in self.row and a == x:
+                    continue
                 nbrs = self.neighbours.get(a)
                 if total > 0:
                     if nbrs is None:
@@ -158,6 +213,20 @@ class CatalogIndex:
                 elif nbrs is not None:
                     nbrs.pop(b, None)
                 self._nbr_arrays.pop(a, None)
+
+    def _complete_pairs(self, item_id: str) -> None:
+        """A new item: build its neighbour list from the halves that counted it while it was
+        not in the catalog."""
+        partners = self._waiting.pop(item_id, ())
+        if not partners:
+            return
+        nbrs = self.neighbours.setdefault(item_id, {})
+        mine = self.earlier.get(item_id, {})
+        for i in partners:
+            total = self.earlier.get(i, {}).get(item_id, 0.0) + mine.get(i, 0.0)
+            if total > 0:
+                nbrs[i] = total
+        self._nbr_arrays.pop(item_id, None)
 
     def copy_cooccurrence(self, other: "CatalogIndex") -> None:
         """Take over another catalog's co-occurrence counts (a model swap's new catalog)."""
@@ -179,10 +248,13 @@ class CatalogIndex:
             cached = self._nbr_arrays[item_id] = (rows, counts)
         return cached
 
+    MAX_GONE = 100_000
+
     def is_deleted(self, item_id: str) -> bool:
-        """Whether the item was in the catalog and has been deleted."""
+        """Whether the item was in the catalog and has been deleted (one of the last
+        ``MAX_GONE`` deletions, once its row has been taken over)."""
         r = self.row.get(item_id)
-        return r is not None and bool(self.deleted[r])
+        return bool(self.deleted[r]) if r is not None else item_id in self._gone
 
     def vector(self, item_id: str) -> Optional[np.ndarray]:
         """The item's normalised embedding, or None when unknown or deleted."""

@@ -31,6 +31,7 @@ from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, Va
 from operators import recommender
 from operators.catalog import CatalogIndex
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
+from operators.item_stats import cooc_context, unpack_counts
 from operators.recommender import ModelParams, Ranked
 from operators.user_state import (Forgotten, PendingEvent, UserState, decode_profile,
                                   join_ids, push_recent, split_ids)
@@ -69,9 +70,11 @@ CATALOG_UPDATE_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.STRING(), Types.STRING(), BYTES, Types.DOUBLE(), Types.DOUBLE(),
      BYTES, Types.STRING()],
 )
-# Co-occurrences from the user-history operator to the keyed-by-item counter: the item of an
-# event and the JSON list of the user's recent items before it (one record per event).
-PAIR_TYPE = Types.ROW_NAMED(["item_id", "neighbours"], [Types.STRING(), Types.STRING()])
+# Interactions from the user-history operator to the item branch: the event's item, type,
+# weight and time, and the user's recent items before it (newline-joined; one record per event).
+ITEM_EVENT_TYPE = Types.ROW_NAMED(
+    ["item_id", "type", "weight", "ts", "context"],
+    [Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG(), Types.STRING()])
 KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [BYTES, BYTES])
 VALUE_RECORD_TYPE = Types.ROW_NAMED(["v"], [BYTES])
 
@@ -107,7 +110,7 @@ def python_runtime_mode() -> str:
     return "thread" if exe.startswith("java") else "process"
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(time.time() * 1000)
 
 
@@ -123,7 +126,7 @@ def _source_ts(value) -> int:
         return 0
 
 
-class _LoggedOpen:
+class LoggedOpen:
     def _log_open(self, ctx: RuntimeContext, what: str) -> None:
         # Thread mode's RuntimeContext lacks some getters (PyFlink 2.2), so ask defensively.
         try:
@@ -139,7 +142,7 @@ def _parse_guarded(parse, raw, validation: ValidationSettings, **limits):
     nothing a record holds can raise out of a parse operator (the parsers guard themselves;
     this is the operator's own last line)."""
     try:
-        return parse(raw, now_ms=_now_ms(), max_id_length=validation.max_id_length,
+        return parse(raw, now_ms=now_ms(), max_id_length=validation.max_id_length,
                      max_future_skew_ms=validation.max_future_skew_ms,
                      max_record_bytes=validation.max_record_bytes,
                      min_ts_ms=validation.min_ts_ms, **limits)
@@ -155,7 +158,7 @@ def _source_dead_letter(err: InvalidRecord, row, validation: ValidationSettings)
                           _source_ts(row["ts"]), max_raw_bytes=validation.dlq_max_raw_bytes))
 
 
-class ParseEvents(ProcessFunction, _LoggedOpen):
+class ParseEvents(ProcessFunction, LoggedOpen):
     """Raw ``events`` records -> typed events; anything invalid -> DLQ side output."""
 
     def __init__(self, validation: ValidationSettings):
@@ -177,7 +180,7 @@ class ParseEvents(ProcessFunction, _LoggedOpen):
                   row["partition"], row["offset"])
 
 
-class ParseItems(ProcessFunction, _LoggedOpen):
+class ParseItems(ProcessFunction, LoggedOpen):
     """Raw ``items`` records -> typed items; a null value with a key is a deletion
     (tombstone on the compacted topic); anything invalid -> DLQ side output."""
 
@@ -215,7 +218,7 @@ class ParseItems(ProcessFunction, _LoggedOpen):
                   row["partition"], row["offset"])
 
 
-class EmbedItems(KeyedProcessFunction, _LoggedOpen):
+class EmbedItems(KeyedProcessFunction, LoggedOpen):
     """Items (keyed by embedding bucket) -> catalog updates carrying the item's embedding.
 
     The model is loaded in ``open()`` (retried; a clear error if it cannot be). Cache hits
@@ -243,12 +246,11 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
         from udfs.embedding import CachedEmbedder
 
         self._log_open(ctx, "embed-items")
-        # The configuration is checked here (a clear error now); the weights load at the first
-        # cache miss (retried, then the task fails with a clear error and Flink's restart
-        # strategy retries): importing torch in open() deadlocks PyFlink 2.2's thread mode
-        # while the other operators open (seen stuck in torch/__init__.py's C extension).
+        # Loaded now, retried; when it cannot be, the task fails with a clear error and
+        # Flink's restart strategy tries again.
         self.embedder = CachedEmbedder.from_settings(self.model)
         self.embedder.check_configuration()
+        self.embedder.load()
         self.model_id = self.embedder.model_id
         self.buffer = ctx.get_list_state(ListStateDescriptor("pending-items", ITEM_TYPE))
         self.count = ctx.get_state(ValueStateDescriptor("pending-count", Types.INT()))
@@ -295,7 +297,7 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
                          ensure_ascii=False).encode("utf-8", "backslashreplace")
         letter = dlq_record(InvalidRecord(code, detail), raw, self.items_topic,
                             -1 if partition is None else partition,
-                            -1 if offset is None else offset, _now_ms(),
+                            -1 if offset is None else offset, now_ms(),
                             max_raw_bytes=self.dlq_max_raw_bytes)
         # On the main output, not a side output: see jobs/ranking_job.py.
         return Row(DEAD_LETTER_KIND, item_id, "", letter, None, None, None, None)
@@ -398,70 +400,9 @@ class EmbedItems(KeyedProcessFunction, _LoggedOpen):
             yield self._update(it["item_id"], "", True, None) if it["deleted"] else next(live)
 
 
-class _Throttled:
-    """Emit a key's latest value at most once per interval: a processing-time timer at the
-    key's next interval boundary. Boundaries are offset per key (a hash of it), so the timers
-    of thousands of keys do not all fire in the same millisecond. Flink keeps one timer per
-    key and timestamp, so repeated registrations within an interval collapse into one;
-    ``_armed`` remembers the (key, boundary) pairs already registered, so most records make
-    no timer call at all. It is a cache only: lost on restore, a repeated registration is
-    harmless."""
-
-    def _schedule(self, ctx, key: str, interval_ms: int) -> bool:
-        """True when the caller should emit now (no throttling); else a timer is armed."""
-        if interval_ms <= 0:
-            return True
-        now = _now_ms()
-        armed = self._armed  # set in open()
-        if armed.get(key, 0) > now:  # the key's next boundary is armed already
-            return False
-        phase = zlib.crc32(key.encode("utf-8")) % interval_ms
-        boundary = ((now - phase) // interval_ms + 1) * interval_ms + phase
-        if len(armed) >= 1_000_000:  # bounded: a miss only costs a timer call
-            armed.clear()
-        armed[key] = boundary
-        ctx.timer_service().register_processing_time_timer(boundary)
-        return False
-
-
-class ItemStats(KeyedProcessFunction, _LoggedOpen, _Throttled):
-    """Events keyed by item -> the item's statistics for the broadcast: trending
-    log-popularity (decayed positive feedback) and interaction count.
-
-    Updates are broadcast at most once per ``popularity_emit_interval_ms`` per item: every
-    broadcast element costs a call on every ranker subtask.
-    """
-
-    def __init__(self, ranking_cfg: RankingSettings):
-        self.cfg = ranking_cfg
-
-    def open(self, ctx: RuntimeContext) -> None:
-        self._log_open(ctx, "item-stats")
-        self.p = ModelParams.from_settings(self.cfg)
-        self.stats = ctx.get_state(ValueStateDescriptor("stats", Types.PICKLED_BYTE_ARRAY()))
-        self._armed: dict[str, int] = {}
-
-    def process_element(self, ev, ctx) -> Iterable:
-        raw = self.stats.value()
-        updated = recommender.item_stats_update(
-            *(_STATS.unpack(raw) if raw is not None else (-math.inf, 0.0)), ev["type"],
-            self.p.weight(ev["type"], ev["value"]), ev["ts"], self.p)
-        if updated is None:
-            return
-        log_pop, count = updated
-        self.stats.update(_STATS.pack(log_pop, count))
-        if self._schedule(ctx, ev["item_id"], self.cfg.popularity_emit_interval_ms):
-            yield Row("pop", ev["item_id"], "", None, log_pop, count, None, None)
-
-    def on_timer(self, timestamp: int, ctx) -> Iterable:
-        raw = self.stats.value()
-        if raw is not None:
-            log_pop, count = _STATS.unpack(raw)
-            yield Row("pop", ctx.get_current_key(), "", None, log_pop, count, None, None)
-
-
-class UserHistory(KeyedProcessFunction, _LoggedOpen):
-    """Events keyed by user -> co-occurrence pairs with the user's recent items.
+class UserHistory(KeyedProcessFunction, LoggedOpen):
+    """Events keyed by user -> the interaction for the item branch, with the user's recent
+    items (its co-occurrence context).
 
     Keeps the same recent-items list as the ranker (``ranking.history_size``) so the
     collaborative signal needs no cycle back from the ranker.
@@ -499,9 +440,10 @@ class UserHistory(KeyedProcessFunction, _LoggedOpen):
         recent = json.loads(raw) if raw else []
         w = self.p.weight(ev["type"], ev["value"])
         if self.p.counts_as_consumption(ev["type"], w):
-            context = recommender.cooc_context(recent, ev["item_id"])
-            if context:  # one record per event: the pairs are counted under this item only
-                yield Row(ev["item_id"], json.dumps(context, separators=(",", ":")))
+            # One record per event: the item's statistics, and its pairs with the user's
+            # recent items, counted under this item only.
+            yield Row(ev["item_id"], ev["type"], w, ev["ts"],
+                      "\n".join(cooc_context(recent, ev["item_id"])))
         push_recent(recent, ev["item_id"], self.p.history_size)
         self.history.update(json.dumps(recent))
 
@@ -510,60 +452,6 @@ class UserHistory(KeyedProcessFunction, _LoggedOpen):
         if raw and raw.startswith("{") and timestamp >= json.loads(raw)["expires"]:
             self.history.clear()
         return ()
-
-
-class Cooccurrence(KeyedProcessFunction, _LoggedOpen, _Throttled):
-    """Co-occurrences keyed by item -> the item's half of the co-occurrence counts for the
-    broadcast (how often each item was in a user's history when this one was consumed; the
-    rankers add the two halves of a pair, ``CatalogIndex.set_cooccurrence``), at most once per
-    ``neighbours_emit_interval_ms``.
-
-    One record per event, and the counts of an item in one state value (compact bytes,
-    :func:`pack_counts`): an event costs one state read and one write (measured against a
-    MapState of counts with a record per history item: see README, Performance).
-    """
-
-    def __init__(self, ranking_cfg: RankingSettings):
-        self.cfg = ranking_cfg
-
-    def open(self, ctx: RuntimeContext) -> None:
-        self._log_open(ctx, "cooccurrence")
-        self.counts = ctx.get_state(ValueStateDescriptor("earlier-counts", STATE_BYTES))
-        self._armed: dict[str, int] = {}
-
-    def process_element(self, pair, ctx) -> Iterable:
-        raw = self.counts.value()
-        counts = unpack_counts(raw) if raw else {}
-        for x in json.loads(pair[1]):
-            recommender.cooc_add(counts, x, self.cfg.max_neighbours)
-        packed = pack_counts(counts)
-        self.counts.update(packed)
-        if self._schedule(ctx, pair[0], self.cfg.neighbours_emit_interval_ms):
-            yield Row("nbrs", pair[0], "", None, None, None, packed, None)
-
-    def on_timer(self, timestamp: int, ctx) -> Iterable:
-        raw = self.counts.value()
-        if raw:
-            yield Row("nbrs", ctx.get_current_key(), "", None, None, None, bytes(raw), None)
-
-
-_COUNT_N = struct.Struct("<I")
-
-
-def pack_counts(counts: dict[str, float]) -> bytes:
-    """{item id: count} as ``u32 n | f32[n] counts | the n ids`` (``join_ids``; counts exact
-    up to 2^24). ~4x faster to read and write than JSON. The co-occurrence counter's state and
-    its broadcast to the rankers."""
-    n = len(counts)
-    return (_COUNT_N.pack(n) + np.fromiter(counts.values(), np.float32, n).tobytes()
-            + join_ids(counts))
-
-
-def unpack_counts(data: bytes) -> dict[str, float]:
-    data = bytes(data)
-    (n,) = _COUNT_N.unpack_from(data, 0)
-    values = np.frombuffer(data, np.float32, n, _COUNT_N.size).tolist()
-    return dict(zip(split_ids(data[_COUNT_N.size + 4 * n:]), values))
 
 
 _TITLE_LEN = struct.Struct("<I")
@@ -590,7 +478,7 @@ class _Queued:
     ranked: Optional[Ranked] = None  # set once the window is ranked
 
 
-class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
+class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
     """Per user: learn from and apply the event, emit the re-ranked top-k.
 
     The catalog (embeddings, deletions), item statistics and co-occurrence neighbours arrive
@@ -689,6 +577,10 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
         self.g_catalog.set(len(self.catalog))
         self.g_missing.set(len(self.missing))
 
+    def _in_catalog(self, item_id: str) -> bool:
+        return any(item_id in cat.row and not cat.is_deleted(item_id)
+                   for cat in self._catalogs())
+
     def _catalogs(self) -> list[CatalogIndex]:
         return [self.catalog] + ([self.staging] if self.staging is not None else [])
 
@@ -746,12 +638,15 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
         elif kind == "delete":
             for cat in self._catalogs():
                 cat.delete(item_id)
-            ctx.get_broadcast_state(CATALOG_STATE).remove(item_id)
+            for descriptor in (CATALOG_STATE, POPULARITY_STATE, NEIGHBOURS_STATE):
+                ctx.get_broadcast_state(descriptor).remove(item_id)
             if self.staging is not None:
                 ctx.get_broadcast_state(STAGING_STATE).remove(item_id)
                 self.missing.discard(item_id)
                 if not self.missing and len(self.staging):
                     self._switch_model(ctx)
+        elif kind in ("pop", "nbrs") and not self._in_catalog(item_id):
+            pass  # the item branch broadcasts catalog items only; never keep anything else
         elif kind == "pop":
             for cat in self._catalogs():
                 cat.set_popularity(item_id, update["log_pop"], update["count"])
@@ -846,7 +741,7 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
                 self.pending_now -= 1
                 yield self._dead_letter(user_id, held, "item_deleted",
                                         f"item {held.item_id!r} was deleted from the catalog")
-            for held in state.expire_pending(_now_ms() - self.cfg.pending_timeout_ms):
+            for held in state.expire_pending(now_ms() - self.cfg.pending_timeout_ms):
                 self.pending_now -= 1
                 yield self._dead_letter(user_id, held, "unknown_item",
                                         f"item {held.item_id!r} not in the catalog after "
@@ -953,7 +848,7 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
         state.shown = [cat.ids[r] for r in ranked.rows]
         items = [{"item_id": cat.ids[r], "score": round(s, 5), "reason": why}
                  for r, s, why in zip(ranked.rows, ranked.scores, ranked.reasons)]
-        now = _now_ms()
+        now = now_ms()
         self.rankings_out.inc()
         self.latency.update((time.perf_counter() - t0) * 1000)
         return Row(key, ranking_record(
@@ -973,7 +868,7 @@ class RankUsers(KeyedBroadcastProcessFunction, _LoggedOpen):
 
 def _held(ev, weight: float) -> PendingEvent:
     """An event as held for an unknown item (and as dead-lettered)."""
-    return PendingEvent(ev["item_id"], weight, ev["ts"], ev["event_id"] or "", _now_ms(),
+    return PendingEvent(ev["item_id"], weight, ev["ts"], ev["event_id"] or "", now_ms(),
                         ev["partition"], ev["offset"])
 
 

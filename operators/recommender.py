@@ -369,34 +369,3 @@ def rebuild_interests(state: UserState, cat: CatalogIndex, p: ModelParams) -> No
                                  open_threshold=p.centroid_open_threshold, alpha=p.alpha,
                                  half_life_ms=p.half_life_ms)
     state.n_events, state.last_ts = n_events, last_ts
-
-
-def item_stats_update(log_pop: float, count: float, event_type: str, weight: float, ts: int,
-                      p: ModelParams) -> Optional[tuple[float, float]]:
-    """An item's (trending log-popularity, interaction count) after one event, or None when
-    the event does not count for item statistics (explicit negatives, control events)."""
-    if not p.counts_as_consumption(event_type, weight):
-        return None
-    if weight > 0:
-        log_pop = ranking.popularity_update(log_pop, weight, ts, p.popularity_half_life_ms)
-    return log_pop, count + 1.0
-
-
-def cooc_context(history: Sequence[str], item_id: str) -> list[str]:
-    """The items one interaction co-occurs with: the user's recent items but itself. Counted
-    under ``item_id`` only (see ``CatalogIndex.set_cooccurrence``)."""
-    return [x for x in history if x != item_id]
-
-
-def cooc_add(counts: dict[str, float], neighbour: str, max_neighbours: int) -> None:
-    """Count one co-occurrence; past twice the bound, keep only the top ``max_neighbours``."""
-    counts[neighbour] = counts.get(neighbour, 0.0) + 1.0
-    if len(counts) > 2 * max_neighbours:
-        cooc_prune(counts, max_neighbours)
-
-
-def cooc_prune(counts: dict[str, float], max_neighbours: int) -> None:
-    """Keep the ``max_neighbours`` heaviest neighbours (ties in the mapping's order)."""
-    keep = sorted(counts.items(), key=lambda kv: -kv[1])[:max_neighbours]
-    counts.clear()
-    counts.update(keep)

@@ -119,6 +119,7 @@ class RankingSettings:
     pending_timeout_ms: int = 3_600_000
     user_ttl_hours: float = 0.0
     forget_memory_hours: float = 168.0
+    unknown_item_ttl_ms: int = 3_600_000
     reason_title_chars: int = 80
     emit_state_digest: bool = False
     max_centroids: int = 4

@@ -25,6 +25,7 @@ import numpy as np
 
 from operators import metrics, ranking, recommender
 from operators.catalog import CatalogIndex
+from operators.item_stats import cooc_context, record_interaction
 from operators.recommender import ModelParams
 from operators.user_state import UserState
 from streamrank.config import Settings
@@ -36,7 +37,8 @@ METRICS = ("hr@10", "ndcg@10", "mrr@10", "coverage", "ild")
 
 
 class ItemStatistics:
-    """What the job's keyed-by-item branch computes, applied synchronously."""
+    """What the job's keyed-by-item branch computes (``item_stats.record_interaction``),
+    applied synchronously."""
 
     def __init__(self, cat: CatalogIndex, p: ModelParams, max_neighbours: int):
         self.cat, self.p = cat, p
@@ -47,23 +49,17 @@ class ItemStatistics:
 
     def apply(self, history: list[str], item_id: str, event_type: str, weight: float,
               ts: int) -> None:
-        updated = recommender.item_stats_update(self.log_pop[item_id], self.counts[item_id],
-                                                event_type, weight, ts, self.p)
-        if updated is not None:
-            self.log_pop[item_id], self.counts[item_id] = updated
-            self.cat.set_popularity(item_id, *updated)
-            context = recommender.cooc_context(history, item_id)
-            if context:
-                earlier = self.cooc[item_id]
-                # The keys that change: the context, plus what pruning may remove.
-                changed = list(context)
-                if len(earlier) + len(context) > 2 * self.max_neighbours:
-                    in_context = set(context)
-                    changed += [x for x in earlier if x not in in_context]
-                for x in context:
-                    recommender.cooc_add(earlier, x, self.max_neighbours)
-                self.cat.set_cooccurrence(item_id, earlier, changed=changed,
-                                          max_neighbours=self.max_neighbours)
+        earlier = self.cooc[item_id]
+        updated = record_interaction(self.log_pop[item_id], self.counts[item_id], earlier,
+                                     event_type, weight, ts, cooc_context(history, item_id),
+                                     self.p, self.max_neighbours)
+        if updated is None:
+            return
+        self.log_pop[item_id], self.counts[item_id], changed = updated
+        self.cat.set_popularity(item_id, self.log_pop[item_id], self.counts[item_id])
+        if changed:
+            self.cat.set_cooccurrence(item_id, earlier, changed=changed,
+                                      max_neighbours=self.max_neighbours)
 
 
 def embed_items(settings: Settings, items: list[dict]) -> tuple[list, np.ndarray]:

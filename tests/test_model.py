@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from operators import diversity, fusion, interests, metrics, recommender
+from operators import diversity, fusion, interests, item_stats, metrics, recommender
 from operators.catalog import CatalogIndex
 from operators.recommender import ModelParams
 from operators.user_state import UserState
@@ -100,10 +100,10 @@ def test_metrics_worked_examples():
 
 
 def test_cooc_context_and_bounded_counts():
-    assert recommender.cooc_context(["a", "b", "c"], "c") == ["a", "b"]
+    assert item_stats.cooc_context(["a", "b", "c"], "c") == ["a", "b"]
     counts = {}
     for y in ["x"] * 5 + ["y"] * 3 + list("abcdefg"):
-        recommender.cooc_add(counts, y, max_neighbours=3)
+        item_stats.cooc_add(counts, y, max_neighbours=3)
     assert counts["x"] == 5 and counts["y"] == 3 and len(counts) <= 6
 
 
@@ -111,7 +111,13 @@ def test_cooccurrence_halves_sum_to_symmetric_neighbour_counts():
     """Each pair is counted once, under the item consumed later; the catalog adds the two
     halves, for both items, whatever order the halves arrive in, and follows updates and
     pruning (a count that leaves both halves leaves the neighbour lists)."""
-    cat = CatalogIndex()
+    def items() -> CatalogIndex:
+        c = CatalogIndex(dim=3)
+        for i, x in enumerate("abc"):
+            c.upsert(x, x.upper(), np.eye(3)[i])
+        return c
+
+    cat = items()
     cat.set_cooccurrence("b", {"a": 2.0})  # a, then b: twice
     cat.set_cooccurrence("a", {"b": 1.0, "c": 4.0})  # b, then a: once; c, then a: 4 times
     assert cat.neighbours["a"] == {"b": 3.0, "c": 4.0}
@@ -121,7 +127,7 @@ def test_cooccurrence_halves_sum_to_symmetric_neighbour_counts():
     assert cat.neighbours["a"] == {"b": 4.0} and cat.neighbours["b"] == {"a": 4.0}
     assert cat.neighbours["c"] == {}
     # The same streams of halves, replayed the other way round, give the same counts.
-    other = CatalogIndex()
+    other = items()
     other.set_cooccurrence("a", {"b": 2.0})
     other.set_cooccurrence("b", {"a": 2.0})
     assert other.neighbours["a"] == cat.neighbours["a"]

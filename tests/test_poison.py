@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators import recommender
+from operators import item_stats, recommender
 from operators.catalog import CatalogIndex
 from operators.recommender import ModelParams
 from operators.user_state import Forgotten, UserState, decode_profile
@@ -169,7 +169,7 @@ def test_trending_never_overflows_for_any_valid_timestamp():
         cat.upsert(f"i{i}", f"t{i}", rng.normal(size=4))
     lp = -math.inf
     for ts in (NOW, NOW + 1000, 5):
-        lp = recommender.item_stats_update(lp, 0.0, "like", 1.0, ts, p)[0]
+        lp = item_stats.record_interaction(lp, 0.0, {}, "like", 1.0, ts, [], p, 10)[0]
         cat.set_popularity("i1", lp, 1.0)
         cat.set_popularity("i2", lp - 3.0, 1.0)
     for now_ts in (0, 5, NOW, NOW + 10**12):

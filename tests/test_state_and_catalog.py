@@ -108,7 +108,7 @@ def test_catalog_rejects_wrong_dimension():
 
 
 def test_cooccurrence_counts_pack_compactly_and_exactly():
-    from operators.functions import pack_counts, unpack_counts
+    from operators.item_stats import pack_counts, unpack_counts
 
     counts = {"1": 3.0, "café-42": 1.0, "x" * 200: 12345.0}
     data = pack_counts(counts)
@@ -116,3 +116,26 @@ def test_cooccurrence_counts_pack_compactly_and_exactly():
     assert unpack_counts(data) == counts
     assert list(unpack_counts(data)) == list(counts)  # order kept: it breaks pruning ties
     assert unpack_counts(pack_counts({})) == {}
+
+
+def test_catalog_memory_follows_the_catalog_not_the_ids_events_carry():
+    """Co-occurrence with ids that are not items keeps no list under those ids (completed
+    when such an id arrives), and a deleted row is taken over by the next new item."""
+    cat = CatalogIndex(dim=2)
+    cat.upsert("a", "A", np.array([1.0, 0.0]))
+    cat.upsert("b", "B", np.array([0.0, 1.0]))
+    for i in range(1000):  # junk ids in the histories of users who consumed "a"
+        cat.set_cooccurrence("a", {f"junk{i}": 1.0, "b": 1.0 + i}, max_neighbours=5)
+    assert set(cat.neighbours) == {"a", "b"}
+    assert len(cat._waiting) <= 2 * 5, "only ids still in a half are remembered"
+    cat.set_cooccurrence("a", {"late": 3.0, "b": 2.0}, max_neighbours=5)
+    cat.upsert("late", "Late", np.array([1.0, 1.0]))
+    assert cat.neighbours["late"] == {"a": 3.0}, "the pair is completed on arrival"
+    rows = cat.size
+    assert cat.delete("b") and cat.is_deleted("b")
+    r = cat.upsert("c", "C", np.array([0.5, 0.5]))
+    assert cat.size == rows and cat.ids[r] == "c" and "b" not in cat.row
+    assert cat.vector("c") is not None and not cat.is_deleted("c") and cat.counts()[r] == 0
+    assert cat.is_deleted("b"), "a deleted id is still known as deleted after its row is reused"
+    cat.upsert("b", "B again", np.array([0.0, 1.0]))
+    assert not cat.is_deleted("b") and cat.vector("b") is not None
