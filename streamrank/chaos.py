@@ -69,6 +69,18 @@ def malformed_records(n: int, rng: random.Random, max_id_length: int = 256,
         ("empty_id", lambda: with_(item_id="  ")),
         ("id_too_long", lambda: with_(user_id="u" * (max_id_length + 1))),
         ("too_large", lambda: with_(pad="x" * (max_record_bytes + 1))),
+        # The poison kinds that once crash-looped the job (issue 11).
+        ("ts_out_of_range", lambda: with_(ts=...)[:-1] + b',"ts":1' + b"0" * 400 + b"}"),
+        ("ts_out_of_range", lambda: with_(ts=...)[:-1] + b',"ts":1e400}'),
+        ("not_json", lambda: with_(ts=...)[:-1] + b',"ts":' + b"9" * 5000 + b"}"),
+        ("bad_type", lambda: with_(type="rating", value=...)[:-1] + b',"value":1'
+         + b"0" * 400 + b"}"),
+        ("invalid_unicode", lambda: with_(user_id=...)[:-1] + b',"user_id":"u\\ud800"}'),
+        ("invalid_unicode", lambda: with_(item_id=...)[:-1] + b',"item_id":"\\udfff"}'),
+        ("bad_id", lambda: with_(user_id="a\u2028b")),
+        ("bad_id", lambda: with_(item_id="x\u202ey")),
+        ("bad_id", lambda: with_(user_id="c\u0085")),
+        ("not_json", lambda: b"\x01" * rng.randint(1000, max_record_bytes - 1)),
     ]
     out = []
     for i in range(n):
@@ -126,6 +138,8 @@ class ChaosReport:
     state_mismatch_users: int = 0
     kills: int = 0
     requested_kills: int = 0
+    broker_restarts: int = 0
+    requested_broker_restarts: int = 0
     users: int = 0
     malformed: int = 0
     dlq: int = 0
@@ -140,14 +154,16 @@ class ChaosReport:
     @property
     def ok(self) -> bool:
         ok = (self.lost == 0 and self.duplicates == 0 and self.state_mismatch_users == 0
-              and self.dlq_missing == 0 and self.kills >= self.requested_kills)
-        if self.kills == 0:
-            ok = ok and self.restarts == 0
+              and self.dlq_missing == 0 and self.kills >= self.requested_kills
+              and self.broker_restarts >= self.requested_broker_restarts)
+        if self.kills == 0 and self.broker_restarts == 0:
+            ok = ok and self.restarts == 0  # bad input alone never restarts the job
         return ok
 
     def summary(self) -> dict:
         keys = ("events", "rankings", "lost", "duplicates", "state_mismatch_users", "kills",
-                "users", "malformed", "dlq", "dlq_missing", "restarts", "seconds")
+                "broker_restarts", "users", "malformed", "dlq", "dlq_missing", "restarts",
+                "seconds")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -190,6 +206,7 @@ class Harness:
         self.run_dir = run_dir
         self.broker = LocalBroker(settings.local_kafka)
         self.started_broker = False
+        self.owns_broker = False  # the local broker of this machine serves the run
         self.keep_broker = keep_broker
         self.cluster = StandaloneCluster(settings)
         self.rankings = self.dlq = None
@@ -202,6 +219,7 @@ class Harness:
 
         bootstrap = self.settings.kafka.bootstrap_servers
         if bootstrap == self.broker.bootstrap:  # the local broker: start it unless running
+            self.owns_broker = True
             self.started_broker = self.broker.pid() is None
             self.broker.up()
         create_topics(self.settings.kafka)
@@ -276,7 +294,8 @@ def check(report: ChaosReport, harness: Harness, events: list[dict], reference: 
 def run_chaos(settings: Settings, data_dir: str, limit: Optional[int] = 20_000, kills: int = 2,
               malformed: int = 0, parallelism: int = 1, rate: float = 0.0,
               checkpoint_ms: int = 2000, seed: Optional[int] = None,
-              timeout_s: float = 3600, progress: bool = True) -> ChaosReport:
+              timeout_s: float = 3600, progress: bool = True,
+              broker_restarts: int = 0) -> ChaosReport:
     from tqdm import tqdm
 
     from streamrank.replay import RateLimiter, read_events, read_items
@@ -293,12 +312,18 @@ def run_chaos(settings: Settings, data_dir: str, limit: Optional[int] = 20_000, 
     junk = malformed_records(malformed, rng, cfg.validation.max_id_length,
                              cfg.validation.max_record_bytes)
     print(f"chaos: run {tag} (seed {seed}): {len(items)} items, {len(events)} events, "
-          f"{len(junk)} malformed, {kills} TaskManager kills, parallelism {parallelism}; "
+          f"{len(junk)} malformed, {kills} TaskManager kills, {broker_restarts} broker "
+          f"restarts, parallelism {parallelism}; "
           f"work dir {run_dir}", flush=True)
     t_start = time.monotonic()
-    report = ChaosReport(kills=0, requested_kills=kills, malformed=len(junk))
+    report = ChaosReport(kills=0, requested_kills=kills, malformed=len(junk),
+                         requested_broker_restarts=broker_restarts)
     ids = [e["event_id"] for e in events]
     with Harness(cfg, run_dir) as h:
+        if broker_restarts and not h.owns_broker:
+            raise ValueError("--broker-restarts needs the local broker "
+                             f"(local_kafka, {h.broker.bootstrap}); kafka.bootstrap_servers is "
+                             f"{cfg.kafka.bootstrap_servers}")
         job_id = h.submit()
         print(f"chaos: job {job_id} RUNNING on {h.cluster.rest}", flush=True)
         h.load_catalog(items)
@@ -321,20 +346,34 @@ def run_chaos(settings: Settings, data_dir: str, limit: Optional[int] = 20_000, 
 
         sender = threading.Thread(target=replay, name="chaos-replay", daemon=True)
         sender.start()
-        # Kill points: random fractions of the job's committed progress.
-        points = sorted(rng.uniform(0.1, 0.85) for _ in range(kills))
+        # Fault points: random fractions of the job's committed progress, each a TaskManager
+        # kill or a broker restart.
+        points = sorted([(rng.uniform(0.1, 0.85), "kill") for _ in range(kills)]
+                        + [(rng.uniform(0.1, 0.85), "broker") for _ in range(broker_restarts)])
         bar = tqdm(total=len(ids), desc="ranked (committed)", unit="ev", disable=not progress,
                    mininterval=0.5)
 
         last_kill_at = [-1]
 
+        def restart_broker(n: int) -> None:
+            h.broker.down()
+            report.broker_restarts += 1
+            bar.write(f"chaos: broker restart {report.broker_restarts}: Kafka stopped at "
+                      f"{n}/{len(ids)} committed rankings")
+            time.sleep(rng.uniform(1.0, 4.0))
+            h.broker.up(wait_s=120)
+            bar.write("chaos: broker back; the job's sources, sinks and transactions resume")
+
         def tick(n: int) -> None:
             bar.update(n - bar.n)
             # Kill at the next point, but only once the job has committed something since the
             # last kill: every kill then hits a job that recovered.
-            if points and n >= points[0] * len(ids) and n > last_kill_at[0]:
-                points.pop(0)
+            if points and n >= points[0][0] * len(ids) and n > last_kill_at[0]:
+                _, kind = points.pop(0)
                 last_kill_at[0] = n
+                if kind == "broker":
+                    restart_broker(n)
+                    return
                 pid = h.cluster.kill_taskmanager()
                 report.kills += 1
                 bar.write(f"chaos: kill {report.kills}: SIGKILL TaskManager pid {pid} at "

@@ -188,7 +188,7 @@ def cmd_chaos(args) -> int:
     report = run_chaos(_settings(args), args.data, limit=args.limit or None, kills=args.kills,
                        malformed=args.malformed, parallelism=args.parallelism, rate=args.rate,
                        checkpoint_ms=args.checkpoint_ms, seed=args.seed,
-                       timeout_s=args.timeout)
+                       timeout_s=args.timeout, broker_restarts=args.broker_restarts)
     details = {"dlq_reasons": report.dlq_reasons, "lost_examples": report.lost_examples,
                "duplicate_examples": report.duplicate_examples,
                "mismatch_examples": report.mismatch_examples}
@@ -313,7 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay the first N events (default 20000; 0 = all)")
     s.add_argument("--kills", type=int, default=2, help="TaskManager SIGKILLs (default 2)")
     s.add_argument("--malformed", type=int, default=0,
-                   help="malformed records mixed into the replay (default 0)")
+                   help="malformed records mixed into the replay, of every poison kind "
+                        "(default 0)")
+    s.add_argument("--broker-restarts", type=int, default=0,
+                   help="stop and start the local Kafka broker this many times mid-stream "
+                        "(default 0)")
     s.add_argument("--parallelism", type=int, default=1)
     s.add_argument("--rate", type=float, default=0.0,
                    help="events per second (default 0: as fast as possible)")
