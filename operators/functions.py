@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import struct
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -34,7 +32,7 @@ from operators.flink_metrics import LatencyWindow, OperatorMetrics
 from operators.item_stats import cooc_context, unpack_counts
 from operators.recommender import ModelParams, Ranked
 from operators.user_state import (Forgotten, PendingEvent, UserState, decode_profile,
-                                  join_ids, push_recent, split_ids)
+                                  push_recent)
 from streamrank.config import ModelSettings, RankingSettings, ValidationSettings
 from streamrank.messages import (
     InvalidRecord,

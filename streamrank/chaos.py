@@ -235,8 +235,8 @@ class Harness:
             if closer is not None:
                 try:
                     closer.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception as err:  # noqa: BLE001 - still stop the cluster and broker
+                    log.warning("chaos: closing %s failed: %s", type(closer).__name__, err)
         self.cluster.down()
         if self.started_broker and not self.keep_broker:
             self.broker.down()

@@ -20,6 +20,7 @@ from streamrank.cluster import _alive, absolute_paths
 from streamrank.config import REPO_ROOT, to_dict
 from streamrank.replay import produce, read_events, read_items
 from tests.conftest import free_port, isolated_settings
+from tests.screenshot import chromium_screenshot
 from tests.synthetic import write_dataset
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster, pytest.mark.model]
@@ -91,7 +92,9 @@ def test_cluster_metrics_dashboard_sql_and_clean_shutdown(kafka_bootstrap, tmp_p
         assert "flink_taskmanager_job_task_operator_streamrank_rankings_out" in scraped
 
         # The job graph in the Flink web UI, in a real browser.
-        png = h.cluster.screenshot(job, SCREENSHOT)
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        SCREENSHOT.write_bytes(chromium_screenshot(h.cluster.job_page_url(job)))
+        png = SCREENSHOT
         print(f"screenshot: {png}")
         import matplotlib.image as mpimg
 
