@@ -74,11 +74,8 @@ def _sink_options(kafka: KafkaSettings, topic: str, sink_name: str) -> dict:
             "sink.transactional-id-prefix": f"{kafka.transactional_id_prefix}-{sink_name}",
             "properties.transaction.timeout.ms": str(kafka.transaction_timeout_ms),
         })
-    elif kafka.delivery_guarantee == "at-least-once":
-        options["sink.delivery-guarantee"] = "at-least-once"
     else:
-        raise ValueError(f"kafka.delivery_guarantee must be at-least-once or exactly-once, "
-                         f"got {kafka.delivery_guarantee!r}")
+        options["sink.delivery-guarantee"] = "at-least-once"
     return options
 
 

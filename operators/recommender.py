@@ -33,32 +33,42 @@ COOC_FLOOR = 1e-6  # relative co-occurrence mapped to feature 0
 
 @dataclass(frozen=True)
 class ModelParams:
-    """The ranking settings the model needs, resolved once (times in ms)."""
+    """The ranking settings the model needs, resolved once (times in ms). No defaults of its
+    own: they live in ``conf/streamrank.yaml`` (:meth:`defaults`)."""
 
-    k: int = 10
-    event_weights: Mapping[str, float] = None  # type: ignore[assignment]
-    rating_neutral: float = 3.0
-    rating_scale: float = 2.0
-    max_centroids: int = 4
-    centroid_open_threshold: float = 0.5
-    alpha: float = 0.3
-    half_life_ms: float = 720 * ranking.MS_PER_HOUR
-    popularity_half_life_ms: float = 1.0e9 * ranking.MS_PER_HOUR
-    history_size: int = 30
-    history_decay: float = 0.9
-    fusion_weights: tuple = (0.02, 1.0, 0.0, 0.04)
-    learning_rate: float = 0.001
-    l2: float = 0.1
-    mmr_lambda: float = 0.9
-    mmr_candidates: int = 50
-    max_seen: int = 5000
-    max_pending: int = 100
-    cooc_positive_only: bool = False
-    exact_max_items: int = 20_000
-    ann_candidates: int = 200
-    ann_nprobe: int = 16
-    popular_candidates: int = 200
-    reason_title_chars: int = 80
+    k: int
+    event_weights: Mapping[str, float]
+    rating_neutral: float
+    rating_scale: float
+    max_centroids: int
+    centroid_open_threshold: float
+    alpha: float
+    half_life_ms: float
+    popularity_half_life_ms: float
+    history_size: int
+    history_decay: float
+    fusion_weights: tuple
+    learning_rate: float
+    l2: float
+    mmr_lambda: float
+    mmr_candidates: int
+    max_seen: int
+    max_pending: int
+    cooc_positive_only: bool
+    exact_max_items: int
+    ann_candidates: int
+    ann_nprobe: int
+    popular_candidates: int
+    reason_title_chars: int
+
+    @classmethod
+    def defaults(cls, **overrides) -> "ModelParams":
+        """The configured defaults (``conf/streamrank.yaml``), with ``overrides``."""
+        import dataclasses
+
+        from streamrank.config import default_settings
+
+        return dataclasses.replace(cls.from_settings(default_settings().ranking), **overrides)
 
     @classmethod
     def from_settings(cls, r) -> "ModelParams":

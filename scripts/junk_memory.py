@@ -1,19 +1,21 @@
 """Does junk grow the job's memory? Events for random ids that are not items, through the real
 job (local broker, MiniCluster), with the memory of the job's process sampled as they flow.
 
-    .venv/bin/python scripts/junk_memory.py --events 200000 --users 2000
+    .venv/bin/python scripts/junk_memory.py --events 200000 --users 2000 --rounds 3
 
 Loads a 60-item catalog, sends ``--events`` events whose item ids are all random and unknown,
 from ``--users`` users (each holds at most ``ranking.max_pending`` of them; the rest go to the
 DLQ), then one probe event for a catalog item: once the probe is ranked, every junk event
-before it has been handled (one partition, in order). Prints the resident memory (RSS) of the
-process that runs the MiniCluster (JVM, Flink and the thread-mode Python operators) every
-``--every`` seconds, and a JSON summary.
+before it has been handled (one partition, in order); all of it ``--rounds`` times. Prints the
+resident memory (RSS) of the process that runs the MiniCluster (JVM, Flink and the
+thread-mode Python operators) as it goes, and a JSON summary with the RSS after each round:
+memory that follows the junk grows round after round; bounded memory levels off.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -23,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamrank.config import LocalKafkaSettings  # noqa: E402
+from streamrank.config import default_settings  # noqa: E402
 from streamrank.kafka_local import LocalBroker, create_topics  # noqa: E402
 from streamrank.replay import make_producer, produce  # noqa: E402
 from streamrank.runtime import free_port  # noqa: E402
@@ -46,10 +48,13 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--every", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="send the junk this many times; memory must not grow per round")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="junk-memory-"))
-    broker = LocalBroker(LocalKafkaSettings(port=free_port(), controller_port=free_port(),
-                                            data_dir=str(tmp / "kafka")))
+    broker = LocalBroker(dataclasses.replace(default_settings().local_kafka, port=free_port(),
+                                             controller_port=free_port(),
+                                             data_dir=str(tmp / "kafka")))
     broker.up(wait_s=90)
     proc = None
     try:
@@ -65,39 +70,39 @@ def main() -> None:
                          job=proc, timeout_s=300)
         rng = random.Random(1)
         topic = settings.kafka.topics.events
-        samples = [(0.0, 0, rss_mib(proc.proc.pid))]
         t0 = time.monotonic()
-        last = t0
-        for i in range(args.events):
-            user = f"junk-user-{rng.randrange(args.users)}"
-            ev = {"event_id": f"j{i}", "user_id": user, "type": "click",
-                  "item_id": f"junk-{rng.getrandbits(64):016x}", "ts": int(time.time() * 1000)}
-            producer.send(topic, key=user.encode(), value=json.dumps(ev).encode())
-            if time.monotonic() - last >= args.every:
-                last = time.monotonic()
-                samples.append((round(last - t0, 1), i, rss_mib(proc.proc.pid)))
-                print(f"t={samples[-1][0]}s sent={i} rss={samples[-1][2]:.0f} MiB "
+        samples = [(0.0, 0, rss_mib(proc.proc.pid))]
+        rounds = []
+        for r in range(args.rounds):
+            start = time.monotonic()
+            last = start
+            for i in range(args.events):
+                user = f"junk-user-{rng.randrange(args.users)}"
+                ev = {"event_id": f"j{r}-{i}", "user_id": user, "type": "click",
+                      "item_id": f"junk-{rng.getrandbits(64):016x}",
+                      "ts": int(time.time() * 1000)}
+                producer.send(topic, key=user.encode(), value=json.dumps(ev).encode())
+                if time.monotonic() - last >= args.every:
+                    last = time.monotonic()
+                    samples.append((round(last - t0, 1), i, rss_mib(proc.proc.pid)))
+            probe = f"probe-{r}"
+            producer.send(topic, key=b"probe", value=json.dumps(
+                {"event_id": probe, "user_id": "probe", "item_id": items[0]["item_id"],
+                 "type": "click", "ts": int(time.time() * 1000)}).encode())
+            producer.flush()
+            while not rankings.by_event.get(probe):  # every junk event before it is handled
+                proc.check()
+                time.sleep(args.every)
+                samples.append((round(time.monotonic() - t0, 1), args.events,
+                                rss_mib(proc.proc.pid)))
+                print(f"round {r + 1}: t={samples[-1][0]}s rss={samples[-1][2]:.0f} MiB "
                       f"dlq={dlq.count()}", flush=True)
-        producer.send(topic, key=b"probe", value=json.dumps(
-            {"event_id": "probe", "user_id": "probe", "item_id": items[0]["item_id"],
-             "type": "click", "ts": int(time.time() * 1000)}).encode())
-        producer.flush()
-        while not rankings.by_event.get("probe"):
-            proc.check()
-            time.sleep(args.every)
-            samples.append((round(time.monotonic() - t0, 1), args.events,
-                            rss_mib(proc.proc.pid)))
-            print(f"t={samples[-1][0]}s draining rss={samples[-1][2]:.0f} MiB "
-                  f"dlq={dlq.count()}", flush=True)
-        seconds = time.monotonic() - t0
-        half = [s[2] for s in samples if s[1] >= args.events // 2]
-        print(json.dumps({
-            "events": args.events, "users": args.users, "seconds": round(seconds, 1),
-            "events_per_s": round(args.events / seconds, 1), "dlq": dlq.count(),
-            "rss_mib_start": round(samples[0][2]), "rss_mib_max": round(max(s[2] for s in
-                                                                            samples)),
-            "rss_mib_second_half_min": round(min(half)) if half else None,
-            "rss_mib_end": round(samples[-1][2])}))
+            seconds = time.monotonic() - start
+            rounds.append({"round": r + 1, "events_per_s": round(args.events / seconds, 1),
+                           "rss_mib_end": round(samples[-1][2]),
+                           "dlq_so_far": dlq.count()})
+        print(json.dumps({"events_per_round": args.events, "users": args.users,
+                          "rss_mib_before": round(samples[0][2]), "rounds": rounds}))
         rankings.close()
         dlq.close()
         producer.close()

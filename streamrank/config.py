@@ -1,8 +1,11 @@
 """One typed, frozen settings object for every part of streamrank.
 
-Built from ``conf/streamrank.yaml`` (the documented defaults), optionally merged with a user
-YAML file, then ``STREAMRANK_<SECTION>__<KEY>`` environment variables, then ``--set`` overrides.
-The object is plain dataclasses so it pickles into Flink functions unchanged.
+Built from ``conf/streamrank.yaml``, the one place where defaults live (every key, documented),
+optionally merged with a user YAML file, then ``STREAMRANK_<SECTION>__<KEY>`` environment
+variables, then ``--set`` overrides. The dataclasses below hold only the keys and their types
+(choices as ``Literal``); every value is checked against them when it is loaded, so a typo or a
+wrong choice fails at start, naming the key. The object is plain dataclasses so it pickles into
+Flink functions unchanged.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -23,145 +26,139 @@ ENV_PREFIX = "STREAMRANK_"
 
 @dataclass(frozen=True)
 class Topics:
-    items: str = "items"
-    events: str = "events"
-    rankings: str = "rankings"
-    events_dlq: str = "events-dlq"
-    items_dlq: str = "items-dlq"
+    items: str
+    events: str
+    rankings: str
+    events_dlq: str
+    items_dlq: str
 
 
 @dataclass(frozen=True)
 class KafkaSettings:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topics: Topics = field(default_factory=Topics)
-    partitions: int = 1
-    group_id: str = "streamrank"
-    starting_offsets: str = "earliest"
-    delivery_guarantee: str = "at-least-once"
-    transactional_id_prefix: str = "streamrank"
-    transaction_timeout_ms: int = 600_000
-    replication_factor: int = 1
-    properties: Mapping[str, Any] = field(default_factory=dict)
+    bootstrap_servers: str
+    topics: Topics
+    partitions: int
+    group_id: str
+    starting_offsets: Literal["earliest", "latest"]
+    delivery_guarantee: Literal["at-least-once", "exactly-once"]
+    transactional_id_prefix: str
+    transaction_timeout_ms: int
+    replication_factor: int
+    properties: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class LocalKafkaSettings:
-    host: str = "127.0.0.1"
-    port: int = 9092
-    controller_port: int = 9093
-    data_dir: str = ".run/kafka"
-    heap: str = "512m"
+    host: str
+    port: int
+    controller_port: int
+    data_dir: str
+    heap: str
 
 
 @dataclass(frozen=True)
 class FlinkSettings:
-    parallelism: int = 1
-    python_execution_mode: str = "thread"
-    python_bundle_size: int = 1000
-    python_bundle_time_ms: int = 5
-    buffer_timeout_ms: int = 10
-    checkpoint_interval_ms: int = 10_000
-    state_backend: str = "rocksdb"
-    checkpoint_dir: str = ".run/checkpoints"
-    checkpoint_timeout_ms: int = 120_000
-    tolerable_failed_checkpoints: int = 5
-    min_pause_between_checkpoints_ms: int = 0
-    restart_strategy: str = "exponential-delay"
-    restart_delay_ms: int = 1000
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    parallelism: int
+    python_execution_mode: Literal["thread", "process"]
+    python_bundle_size: int
+    python_bundle_time_ms: int
+    buffer_timeout_ms: int
+    checkpoint_interval_ms: int
+    state_backend: Literal["rocksdb", "hashmap"]
+    checkpoint_dir: str
+    checkpoint_timeout_ms: int
+    tolerable_failed_checkpoints: int
+    min_pause_between_checkpoints_ms: int
+    restart_strategy: Literal["exponential-delay", "fixed-delay", "none"]
+    restart_delay_ms: int
+    extra: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    dir: str = ".run/cluster"
-    host: str = "127.0.0.1"
-    rest_port: int = 8081
-    rpc_port: int = 6123
-    taskmanagers: int = 1
-    slots_per_taskmanager: int = 2
-    jobmanager_memory: str = "1024m"
-    taskmanager_memory: str = "3072m"
-    heartbeat_timeout_ms: int = 10_000
-    prometheus_port: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    dir: str
+    host: str
+    rest_port: int
+    rpc_port: int
+    taskmanagers: int
+    slots_per_taskmanager: int
+    jobmanager_memory: str
+    taskmanager_memory: str
+    heartbeat_timeout_ms: int
+    prometheus_port: int
+    extra: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    name_or_path: str = "bundled"
-    device: str = "auto"
-    batch_size: int = 32
-    batch_timeout_ms: int = 200
-    reembed_interval_ms: int = 1000
-    max_length: int = 128
-    precision: str = "fp32"
-    cache_dir: str = ".run/embedding-cache"
+    name_or_path: str
+    device: str
+    batch_size: int
+    batch_timeout_ms: int
+    reembed_interval_ms: int
+    max_length: int
+    precision: Literal["fp32", "bf16", "int8", "fp16"]
+    cache_dir: str
 
 
 @dataclass(frozen=True)
 class RankingSettings:
-    k: int = 10
-    alpha: float = 0.3
-    half_life_hours: float = 720.0
-    event_weights: Mapping[str, float] = field(
-        default_factory=lambda: {
-            "view": 0.1, "click": 0.3, "like": 0.7, "purchase": 1.0, "skip": -0.2, "dislike": -0.7,
-        }
-    )
-    rating_neutral: float = 3.0
-    rating_scale: float = 2.0
-    popularity_half_life_hours: float = 1.0e9
-    popularity_emit_interval_ms: int = 1000
-    neighbours_emit_interval_ms: int = 5000
-    max_seen: int = 5000
-    max_pending: int = 100
-    pending_retry_ms: int = 500
-    pending_timeout_ms: int = 3_600_000
-    user_ttl_hours: float = 0.0
-    forget_memory_hours: float = 168.0
-    unknown_item_ttl_ms: int = 3_600_000
-    reason_title_chars: int = 80
-    emit_state_digest: bool = False
-    max_centroids: int = 4
-    centroid_open_threshold: float = 0.5
-    history_size: int = 30
-    history_decay: float = 0.9
-    max_neighbours: int = 200
-    cooc_positive_only: bool = False
-    fusion_weights: Mapping[str, float] = field(
-        default_factory=lambda: {"content": 0.02, "cooc": 1.0, "popularity": 0.0,
-                                 "trending": 0.04})
-    learning_rate: float = 0.001
-    l2: float = 0.1
-    mmr_lambda: float = 0.9
-    mmr_candidates: int = 50
-    exact_max_items: int = 20_000
-    ann_candidates: int = 200
-    ann_nprobe: int = 16
-    popular_candidates: int = 200
-    batch_window_ms: int = 10
-    batch_max_users: int = 64
+    k: int
+    alpha: float
+    half_life_hours: float
+    event_weights: Mapping[str, float]
+    rating_neutral: float
+    rating_scale: float
+    popularity_half_life_hours: float
+    popularity_emit_interval_ms: int
+    neighbours_emit_interval_ms: int
+    max_seen: int
+    max_pending: int
+    pending_retry_ms: int
+    pending_timeout_ms: int
+    user_ttl_hours: float
+    forget_memory_hours: float
+    unknown_item_ttl_ms: int
+    reason_title_chars: int
+    emit_state_digest: bool
+    max_centroids: int
+    centroid_open_threshold: float
+    history_size: int
+    history_decay: float
+    max_neighbours: int
+    cooc_positive_only: bool
+    fusion_weights: Mapping[str, float]
+    learning_rate: float
+    l2: float
+    mmr_lambda: float
+    mmr_candidates: int
+    exact_max_items: int
+    ann_candidates: int
+    ann_nprobe: int
+    popular_candidates: int
+    batch_window_ms: int
+    batch_max_users: int
 
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    max_id_length: int = 256
-    max_text_chars: int = 20_000
-    max_future_skew_ms: int = 86_400_000
-    min_ts_ms: int = 0
-    max_record_bytes: int = 1_048_576
-    dlq_max_raw_bytes: int = 65_536
+    max_id_length: int
+    max_text_chars: int
+    max_future_skew_ms: int
+    min_ts_ms: int
+    max_record_bytes: int
+    dlq_max_raw_bytes: int
 
 
 @dataclass(frozen=True)
 class Settings:
-    kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    local_kafka: LocalKafkaSettings = field(default_factory=LocalKafkaSettings)
-    flink: FlinkSettings = field(default_factory=FlinkSettings)
-    cluster: ClusterSettings = field(default_factory=ClusterSettings)
-    model: ModelSettings = field(default_factory=ModelSettings)
-    ranking: RankingSettings = field(default_factory=RankingSettings)
-    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    kafka: KafkaSettings
+    local_kafka: LocalKafkaSettings
+    flink: FlinkSettings
+    cluster: ClusterSettings
+    model: ModelSettings
+    ranking: RankingSettings
+    validation: ValidationSettings
 
     def replace(self, **overrides: Any) -> "Settings":
         """Return a copy with dotted-path overrides, e.g. ``replace(**{"ranking.k": 5})``."""
@@ -183,56 +180,65 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def _coerce(value: Any, default: Any, path: str) -> Any:
-    """Coerce YAML/env values to the type of the field's default (env values arrive as str)."""
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            low = value.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{path}: expected a boolean, got {value!r}")
-        return bool(value)
-    try:
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, str):
-            return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: expected {type(default).__name__}, got {value!r}") from exc
-    if isinstance(default, Mapping):
+def _coerce(value: Any, typ: Any, path: str) -> Any:
+    """A YAML/env value as the field's type (env values arrive as strings)."""
+    origin = get_origin(typ)
+    if origin is Literal:
+        choices = get_args(typ)
+        if value not in choices:
+            raise ConfigError(f"{path}: expected one of {', '.join(map(str, choices))}, "
+                              f"got {value!r}")
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        low = str(value).strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{path}: expected a boolean, got {value!r}")
+    if typ in (int, float, str):
+        if isinstance(value, bool) or isinstance(value, (dict, list)):
+            raise ConfigError(f"{path}: expected {typ.__name__}, got {value!r}")
+        try:
+            return typ(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: expected {typ.__name__}, got {value!r}") from exc
+    if origin is not None and issubclass(origin, Mapping):
         if isinstance(value, str):
             value = yaml.safe_load(value)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        value_type = get_args(typ)[1] if get_args(typ) else Any
+        if value_type in (int, float):
+            return {str(k): _coerce(v, value_type, f"{path}.{k}") for k, v in value.items()}
         return dict(value)
-    return value
+    raise ConfigError(f"{path}: unsupported setting type {typ!r}")
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    defaults = cls()
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
+    """``cls`` from ``data``: every field present (the defaults file has them all), no other
+    key, each value of its field's type."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = set(data) - set(names)
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {sorted(prefix + k for k in unknown)}; known: {sorted(known)}"
-        )
+            f"unknown key(s) {sorted(prefix + k for k in unknown)}; known: {sorted(names)}")
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ConfigError(f"missing key(s) {[prefix + n for n in missing]}: every key has its "
+                          f"default in {DEFAULT_CONFIG}")
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        default = getattr(defaults, f.name)
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        path = prefix + f.name
-        if dataclasses.is_dataclass(default):
+    for name in names:
+        typ, value, path = hints[name], data[name], prefix + name
+        if dataclasses.is_dataclass(typ):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{path}: expected a section (mapping), got {value!r}")
-            kwargs[f.name] = _build(type(default), value, path + ".")
+            kwargs[name] = _build(typ, value, path + ".")
         else:
-            kwargs[f.name] = _coerce(value, default, path)
+            kwargs[name] = _coerce(value, typ, path)
     return cls(**kwargs)
 
 
@@ -267,6 +273,11 @@ def _read_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data
+
+
+def default_settings() -> Settings:
+    """The defaults of ``conf/streamrank.yaml`` alone (no user file, no environment)."""
+    return load_settings(environ={})
 
 
 def load_settings(

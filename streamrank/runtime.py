@@ -97,18 +97,12 @@ def restart_configuration(strategy: str, delay_ms: int) -> dict[str, str]:
                 "restart-strategy.exponential-delay.max-backoff": "60 s",
                 "restart-strategy.exponential-delay.attempts-before-reset-backoff":
                     str(2**31 - 1)}
-    if strategy == "none":
-        return {"restart-strategy.type": "none"}
-    raise ValueError(f"flink.restart_strategy must be exponential-delay, fixed-delay or none, "
-                     f"got {strategy!r}")
+    return {"restart-strategy.type": "none"}
 
 
 def flink_configuration(settings: Settings) -> dict[str, str]:
     """Flink configuration keys for the job, from ``settings.flink``."""
-    f = settings.flink
-    if f.python_execution_mode not in ("thread", "process"):
-        raise ValueError(f"flink.python_execution_mode must be thread or process, "
-                         f"got {f.python_execution_mode!r}")
+    f = settings.flink  # choices are checked when the settings are loaded
     conf = {
         "python.execution-mode": f.python_execution_mode,
         "python.executable": sys.executable,

@@ -15,11 +15,13 @@ from streamrank.runtime import free_port  # noqa: F401  (the tests import it fro
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory) -> str:
-    from streamrank.config import LocalKafkaSettings
+    import dataclasses
+
+    from streamrank.config import default_settings
     from streamrank.kafka_local import LocalBroker
 
-    broker = LocalBroker(LocalKafkaSettings(
-        port=free_port(), controller_port=free_port(),
+    broker = LocalBroker(dataclasses.replace(
+        default_settings().local_kafka, port=free_port(), controller_port=free_port(),
         data_dir=str(tmp_path_factory.mktemp("kafka"))))
     broker.up(wait_s=90)
     yield broker.bootstrap

@@ -27,6 +27,35 @@ def test_bad_config_is_a_clear_error(tmp_path):
         load_settings(overrides={"ranking.k": "ten"}, environ={})
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_set_args(["oops"])
+    with pytest.raises(ConfigError, match="kafka.delivery_guarantee: expected one of "
+                                          "at-least-once, exactly-once"):
+        load_settings(overrides={"kafka.delivery_guarantee": "exactly-twice"}, environ={})
+    with pytest.raises(ConfigError, match="model.precision"):
+        load_settings(environ={"STREAMRANK_MODEL__PRECISION": "fp8"})
+    with pytest.raises(ConfigError, match="ranking.event_weights.like: expected float"):
+        load_settings(overrides={"ranking.event_weights": {"like": "lots"}}, environ={})
+
+
+def test_defaults_live_in_the_yaml_file_only():
+    """Every key has its value in conf/streamrank.yaml and nowhere else: the settings classes
+    and the model's parameters hold types only, and a file missing a key is refused."""
+    import dataclasses
+
+    from operators.recommender import ModelParams
+    from streamrank import config
+
+    settings_classes = [config.Settings, config.Topics, config.KafkaSettings,
+                        config.LocalKafkaSettings, config.FlinkSettings,
+                        config.ClusterSettings, config.ModelSettings, config.RankingSettings,
+                        config.ValidationSettings, ModelParams]
+    for cls in settings_classes:
+        for f in dataclasses.fields(cls):
+            assert f.default is dataclasses.MISSING and \
+                f.default_factory is dataclasses.MISSING, f"{cls.__name__}.{f.name}"
+    data = config.to_dict(config.default_settings())
+    del data["ranking"]["k"]
+    with pytest.raises(ConfigError, match="missing key.*ranking.k"):
+        config._build(config.Settings, data, "")
 
 
 def test_movielens_layout_to_items_and_time_ordered_events(tmp_path):

@@ -1,9 +1,11 @@
 """The embedding UDF with the real bundled model (all-MiniLM-L6-v2) and a real rocksdict."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from streamrank.config import ModelSettings
+from streamrank.config import default_settings
 from udfs.embedding import (
     BUNDLED,
     BUNDLED_MODEL_ID,
@@ -75,7 +77,8 @@ def test_cache_is_keyed_by_model_and_text():
 
 
 def test_warm_cache_reports_and_skips_cached_items(tmp_path):
-    model = ModelSettings(cache_dir=str(tmp_path / "c"), device="cpu")
+    model = dataclasses.replace(default_settings().model, cache_dir=str(tmp_path / "c"),
+                                device="cpu")
     items = [{"item_id": str(i), "title": t, "ts": 0} for i, t in enumerate(TEXTS)]
     items.append({"item_id": "bad"})  # invalid records are skipped, not fatal
     first = warm_cache(items, model, progress=False)

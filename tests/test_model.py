@@ -148,13 +148,13 @@ def test_cooc_scores_follow_history_neighbours():
     cat.set_neighbours("i0", {"i4": 3.0, "i2": 1.0})
     st = UserState.empty(3)
     st.history = ["i0"]
-    s = recommender.cooc_scores(st, cat, ModelParams(event_weights={}))
+    s = recommender.cooc_scores(st, cat, ModelParams.defaults(event_weights={}))
     assert s[cat.row["i4"]] > s[cat.row["i2"]] > 0 and s[cat.row["i1"]] == 0
 
 
 def test_rank_explains_and_excludes_seen():
     cat = small_catalog()
-    p = ModelParams(k=3, event_weights={"like": 1.0}, fusion_weights=(1.0, 1.0, 0.1, 0.0),
+    p = ModelParams.defaults(k=3, event_weights={"like": 1.0}, fusion_weights=(1.0, 1.0, 0.1, 0.0),
                     mmr_lambda=1.0)
     st = UserState.empty(3)
     assert recommender.apply_event(st, cat, p, "i0", 1.0, 1000)
@@ -174,7 +174,7 @@ def test_rank_explains_and_excludes_seen():
 
 def test_learning_moves_weights_towards_the_signal_that_predicted_the_choice():
     cat = small_catalog()
-    p = ModelParams(k=2, event_weights={"like": 1.0}, learning_rate=0.5, l2=0.0)
+    p = ModelParams.defaults(k=2, event_weights={"like": 1.0}, learning_rate=0.5, l2=0.0)
     st = UserState.empty(3)
     recommender.apply_event(st, cat, p, "i0", 1.0, 1000)
     st.mark_seen("i0", 100, 10)
@@ -200,7 +200,7 @@ def test_batched_ranking_equals_ranking_each_user_alone():
         cat.set_popularity(f"i{i}", float(rng.normal()), float(rng.integers(1, 50)))
     for i in range(0, 500, 7):
         cat.set_neighbours(f"i{i}", {f"i{(i * 3 + j) % 500}": float(j + 1) for j in range(20)})
-    p = ModelParams(max_centroids=4, centroid_open_threshold=0.9)
+    p = ModelParams.defaults(max_centroids=4, centroid_open_threshold=0.9)
     requests = []
     for u in range(37):
         st = UserState.empty(32)

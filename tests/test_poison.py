@@ -162,7 +162,7 @@ def test_any_record_parses_to_strict_utf8_or_a_bounded_dead_letter(payload):
 def test_trending_never_overflows_for_any_valid_timestamp():
     """A 24 h half-life (conf's news example) with popularity from now and a ranking at an
     event of 1970, and the other way round: finite features in [0, 1]."""
-    p = ModelParams(popularity_half_life_ms=24 * 3_600_000.0)
+    p = ModelParams.defaults(popularity_half_life_ms=24 * 3_600_000.0)
     cat = CatalogIndex(dim=4)
     rng = np.random.default_rng(0)
     for i in range(5):

@@ -60,7 +60,7 @@ def test_ann_index_finds_the_nearest_rows_and_follows_the_catalog():
 
 
 def test_features_of_a_slice_equal_the_full_matrix_rows():
-    p = ModelParams()
+    p = ModelParams.defaults()
     cat = catalog(500)
     state = user(cat, p, 15)
     full = recommender.features(state, cat, p, 2_000_000)
@@ -71,7 +71,7 @@ def test_features_of_a_slice_equal_the_full_matrix_rows():
 
 def test_candidate_ranking_equals_exact_when_candidates_cover_the_catalog():
     cat = catalog(800)
-    p = ModelParams(ann_candidates=800, popular_candidates=800, ann_nprobe=10_000)
+    p = ModelParams.defaults(ann_candidates=800, popular_candidates=800, ann_nprobe=10_000)
     for seed in range(5):
         state = user(cat, p, 12, seed)
         exact = recommender.rank(state, cat, p, 2_000_000, exact=True)
@@ -83,7 +83,7 @@ def test_candidate_ranking_equals_exact_when_candidates_cover_the_catalog():
 
 def test_large_catalogs_score_candidates_and_keep_recall():
     cat = catalog(6000)
-    p = ModelParams(exact_max_items=5000)
+    p = ModelParams.defaults(exact_max_items=5000)
     recall = []
     for seed in range(10):
         state = user(cat, p, 10, seed)
@@ -99,7 +99,7 @@ def test_large_catalogs_score_candidates_and_keep_recall():
 
 def test_deleted_items_never_come_back_through_the_index():
     cat = catalog(3000)
-    p = ModelParams(exact_max_items=1000)
+    p = ModelParams.defaults(exact_max_items=1000)
     state = user(cat, p, 8)
     first = recommender.rank(state, cat, p, 2_000_000)
     for r in first.rows:
