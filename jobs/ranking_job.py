@@ -28,27 +28,26 @@ from pyflink.table import StreamTableEnvironment  # noqa: E402
 
 from jobs import kafka_io  # noqa: E402
 from operators.item_branch import ItemBranch  # noqa: E402
-from operators.functions import (  # noqa: E402
+from operators.parse import ParseEvents, ParseItems  # noqa: E402
+from operators.rank_users import RankUsers  # noqa: E402
+from operators.types import (  # noqa: E402
     CATALOG_STATE,
     CATALOG_UPDATE_TYPE,
     DEAD_LETTER_KIND,
     DLQ_TAG,
     EVENT_TYPE,
+    ITEM_EVENT_TYPE,
     ITEM_TYPE,
     KEYED_RECORD_TYPE,
     NEIGHBOURS_STATE,
-    ITEM_EVENT_TYPE,
     POPULARITY_STATE,
-    EmbedItems,
-    UserHistory,
-    ParseEvents,
-    ParseItems,
-    RankUsers,
     VALUE_RECORD_TYPE,
 )
+from operators.user_history import UserHistory  # noqa: E402
 from streamrank.config import Settings, load_settings, parse_set_args  # noqa: E402
 from streamrank.kafka_clients import masked  # noqa: E402
 from streamrank.runtime import flink_configuration, prepare_process_environment  # noqa: E402
+from udfs.embed_items import EmbedItems  # noqa: E402
 from udfs.embedding import model_id_for  # noqa: E402
 
 log = logging.getLogger("streamrank.job")

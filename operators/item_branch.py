@@ -22,10 +22,11 @@ from pyflink.datastream.functions import KeyedCoProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
 from operators.flink_metrics import OperatorMetrics
-from operators.functions import STATE_BYTES, LoggedOpen, now_ms
+from operators.common import LoggedOpen, now_ms
 from operators.item_stats import (COOC_DIRTY, KNOWN, STATS_DIRTY, ItemRecord, pack_counts,
                                   record_interaction)
 from operators.recommender import ModelParams
+from operators.types import STATE_BYTES
 from operators.user_state import split_ids
 from streamrank.config import RankingSettings
 

@@ -1,0 +1,97 @@
+"""The parse operators: raw Kafka records -> typed events and items; anything invalid, or
+anything a parser did not expect, -> the dead-letter side output (bounded)."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+from pyflink.common import Row
+from pyflink.datastream.functions import ProcessFunction, RuntimeContext
+
+from operators.common import LoggedOpen, now_ms, source_ts
+from operators.flink_metrics import OperatorMetrics
+from operators.types import DLQ_TAG
+from streamrank.config import ValidationSettings
+from streamrank.messages import InvalidRecord, dlq_record, parse_event, parse_item
+
+
+def _parse_guarded(parse, raw, validation: ValidationSettings, **limits):
+    """``parse(raw)`` with the validation limits, or the :class:`InvalidRecord` to dead-letter:
+    nothing a record holds can raise out of a parse operator (the parsers guard themselves;
+    this is the operator's own last line)."""
+    try:
+        return parse(raw, now_ms=now_ms(), max_id_length=validation.max_id_length,
+                     max_future_skew_ms=validation.max_future_skew_ms,
+                     max_record_bytes=validation.max_record_bytes,
+                     min_ts_ms=validation.min_ts_ms, **limits)
+    except InvalidRecord as err:
+        return err
+    except Exception as exc:  # noqa: BLE001 - a record must never fail the operator
+        return InvalidRecord("parser_error", f"{type(exc).__name__}: {exc}"[:300])
+
+
+def _source_dead_letter(err: InvalidRecord, row, validation: ValidationSettings) -> Row:
+    """The DLQ row of a source record (bounded: ``validation.dlq_max_raw_bytes``)."""
+    return Row(dlq_record(err, row["value"], row["topic"], row["partition"], row["offset"],
+                          source_ts(row["ts"]), max_raw_bytes=validation.dlq_max_raw_bytes))
+
+
+class ParseEvents(ProcessFunction, LoggedOpen):
+    """Raw ``events`` records -> typed events; anything invalid -> DLQ side output."""
+
+    def __init__(self, validation: ValidationSettings):
+        self.validation = validation
+
+    def open(self, ctx: RuntimeContext) -> None:
+        self._log_open(ctx, "parse-events")
+        self.metrics = OperatorMetrics(ctx)
+        self.dlq = self.metrics.counter("dlq_records")
+
+    def process_element(self, row, ctx) -> Iterable:
+        ev = _parse_guarded(parse_event, row["value"], self.validation)
+        if isinstance(ev, InvalidRecord):
+            self.dlq.inc()
+            yield DLQ_TAG, _source_dead_letter(ev, row, self.validation)
+            return
+        self.metrics.counter(f"events_in_{ev.type}").inc()
+        yield Row(ev.event_id, ev.user_id, ev.item_id, ev.type, ev.value, ev.ts,
+                  row["partition"], row["offset"])
+
+
+class ParseItems(ProcessFunction, LoggedOpen):
+    """Raw ``items`` records -> typed items; a null value with a key is a deletion
+    (tombstone on the compacted topic); anything invalid -> DLQ side output."""
+
+    def __init__(self, validation: ValidationSettings):
+        self.validation = validation
+
+    def open(self, ctx: RuntimeContext) -> None:
+        self._log_open(ctx, "parse-items")
+        self.metrics = OperatorMetrics(ctx)
+        self.dlq = self.metrics.counter("dlq_records")
+        self.items_in = self.metrics.counter("items_in")
+
+    def process_element(self, row, ctx) -> Iterable:
+        raw, key = row["value"], row["key"]
+        if raw is None and key:
+            try:
+                item_id = bytes(key).decode("utf-8")
+            except UnicodeDecodeError:
+                item_id = ""
+            if item_id.strip() and not isinstance(
+                    _parse_guarded(parse_item, json.dumps({"item_id": item_id, "deleted": True})
+                                   .encode("utf-8", "surrogatepass"), self.validation),
+                    InvalidRecord):
+                yield Row(item_id, "", "", True, source_ts(row["ts"]), row["partition"],
+                          row["offset"])
+                return
+        item = _parse_guarded(parse_item, raw, self.validation,
+                              max_text_chars=self.validation.max_text_chars)
+        if isinstance(item, InvalidRecord):
+            self.dlq.inc()
+            yield DLQ_TAG, _source_dead_letter(item, row, self.validation)
+            return
+        self.items_in.inc()
+        yield Row(item.item_id, item.title, item.text(), item.deleted, item.ts,
+                  row["partition"], row["offset"])

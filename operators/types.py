@@ -1,0 +1,58 @@
+"""The Row types between the operators, the dead-letter side output and the broadcast state
+descriptors of the topology (one place, so every operator agrees on them)."""
+
+from __future__ import annotations
+
+from pyflink.common import Types
+from pyflink.datastream import OutputTag
+from pyflink.datastream.state import MapStateDescriptor
+
+BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+
+# ``partition``/``offset`` locate the source record, for dead letters raised downstream.
+EVENT_TYPE = Types.ROW_NAMED(
+    ["event_id", "user_id", "item_id", "type", "value", "ts", "partition", "offset"],
+    [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.DOUBLE(),
+     Types.LONG(), Types.INT(), Types.LONG()],
+)
+ITEM_TYPE = Types.ROW_NAMED(
+    ["item_id", "title", "text", "deleted", "ts", "partition", "offset"],
+    [Types.STRING(), Types.STRING(), Types.STRING(), Types.BOOLEAN(), Types.LONG(),
+     Types.INT(), Types.LONG()],
+)
+# What reaches the ranker by broadcast: an embedded item ("item"), a deletion ("delete"), an
+# item's statistics ("pop": trending log-popularity and interaction count) or its half of the
+# co-occurrence counts ("nbrs": ``pack_counts`` bytes, see CatalogIndex.set_cooccurrence).
+# ``model`` is the embedding model of an "item" vector. Kind "dead-letter" (an item that could
+# not be embedded; its DLQ record in ``vector``) never reaches the rankers: see
+# ``jobs/ranking_job.py``.
+CATALOG_UPDATE_TYPE = Types.ROW_NAMED(
+    ["kind", "item_id", "title", "vector", "log_pop", "count", "neighbours", "model"],
+    [Types.STRING(), Types.STRING(), Types.STRING(), BYTES, Types.DOUBLE(), Types.DOUBLE(),
+     BYTES, Types.STRING()],
+)
+# Interactions from the user-history operator to the item branch: the event's item, type,
+# weight and time, and the user's recent items before it (newline-joined; one record per event).
+ITEM_EVENT_TYPE = Types.ROW_NAMED(
+    ["item_id", "type", "weight", "ts", "context"],
+    [Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG(), Types.STRING()])
+KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [BYTES, BYTES])
+VALUE_RECORD_TYPE = Types.ROW_NAMED(["v"], [BYTES])
+
+DLQ_TAG = OutputTag("dlq", VALUE_RECORD_TYPE)
+DEAD_LETTER_KIND = "dead-letter"
+
+# State holding raw bytes is declared PICKLED_BYTE_ARRAY: in thread mode PyFlink 2.2 converts a
+# PRIMITIVE_ARRAY(BYTE) state value element by element into a tuple of ints (and fails on an
+# empty value), while pickling a ``bytes`` object is a single copy. The bytes themselves are
+# our compact layouts (float32 vectors), never pickled Python objects.
+STATE_BYTES = Types.PICKLED_BYTE_ARRAY()
+CATALOG_STATE = MapStateDescriptor("catalog", Types.STRING(), STATE_BYTES)
+POPULARITY_STATE = MapStateDescriptor("item-stats", Types.STRING(), STATE_BYTES)
+# Each item's half of the co-occurrence counts (``pack_counts``). Not "neighbours", the name of
+# the full lists before the counts were halved: a savepoint from then restores without them
+# (they would count every pair twice); counting starts again from the next events.
+NEIGHBOURS_STATE = MapStateDescriptor("cooc-halves", Types.STRING(), STATE_BYTES)
+# During a model swap: the new model's vectors so far, and which model is which.
+STAGING_STATE = MapStateDescriptor("catalog-staging", Types.STRING(), STATE_BYTES)
+MODELS_STATE = MapStateDescriptor("models", Types.STRING(), Types.STRING())
