@@ -27,7 +27,6 @@ from operators.item_stats import (COOC_DIRTY, KNOWN, STATS_DIRTY, ItemRecord, pa
                                   record_interaction)
 from operators.recommender import ModelParams
 from operators.types import STATE_BYTES
-from operators.user_state import split_ids
 from streamrank.config import RankingSettings
 
 
@@ -61,7 +60,7 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         (newline-joined)."""
         rec = ItemRecord.from_bytes(self.state.value())
         updated = record_interaction(rec.log_pop, rec.count, rec.earlier, ev[1], ev[2], ev[3],
-                                     split_ids((ev[4] or "").encode("utf-8")), self.p,
+                                     ev[4].split("\n") if ev[4] else (), self.p,
                                      self.cfg.max_neighbours)
         if updated is None:
             return

@@ -3,7 +3,6 @@ anything a parser did not expect, -> the dead-letter side output (bounded)."""
 
 from __future__ import annotations
 
-import json
 from typing import Iterable
 
 from pyflink.common import Row
@@ -13,13 +12,13 @@ from operators.common import LoggedOpen, now_ms, source_ts
 from operators.flink_metrics import OperatorMetrics
 from operators.types import DLQ_TAG
 from streamrank.config import ValidationSettings
-from streamrank.messages import InvalidRecord, dlq_record, parse_event, parse_item
+from streamrank.messages import (InvalidRecord, dlq_record, parse_event, parse_item,
+                                 tombstone_item_id)
 
 
 def _parse_guarded(parse, raw, validation: ValidationSettings, **limits):
-    """``parse(raw)`` with the validation limits, or the :class:`InvalidRecord` to dead-letter:
-    nothing a record holds can raise out of a parse operator (the parsers guard themselves;
-    this is the operator's own last line)."""
+    """``parse(raw)`` with the validation limits, or the :class:`InvalidRecord` to dead-letter
+    (the parsers raise nothing else, whatever the record: ``messages._never_raises``)."""
     try:
         return parse(raw, now_ms=now_ms(), max_id_length=validation.max_id_length,
                      max_future_skew_ms=validation.max_future_skew_ms,
@@ -27,8 +26,6 @@ def _parse_guarded(parse, raw, validation: ValidationSettings, **limits):
                      min_ts_ms=validation.min_ts_ms, **limits)
     except InvalidRecord as err:
         return err
-    except Exception as exc:  # noqa: BLE001 - a record must never fail the operator
-        return InvalidRecord("parser_error", f"{type(exc).__name__}: {exc}"[:300])
 
 
 def _source_dead_letter(err: InvalidRecord, row, validation: ValidationSettings) -> Row:
@@ -76,13 +73,10 @@ class ParseItems(ProcessFunction, LoggedOpen):
         raw, key = row["value"], row["key"]
         if raw is None and key:
             try:
-                item_id = bytes(key).decode("utf-8")
-            except UnicodeDecodeError:
-                item_id = ""
-            if item_id.strip() and not isinstance(
-                    _parse_guarded(parse_item, json.dumps({"item_id": item_id, "deleted": True})
-                                   .encode("utf-8", "surrogatepass"), self.validation),
-                    InvalidRecord):
+                item_id = tombstone_item_id(key, self.validation.max_id_length)
+            except InvalidRecord:
+                item_id = None  # not an item id: the null value goes to the DLQ below
+            if item_id is not None:
                 yield Row(item_id, "", "", True, source_ts(row["ts"]), row["partition"],
                           row["offset"])
                 return

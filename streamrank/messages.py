@@ -210,6 +210,17 @@ def parse_event(raw: Optional[bytes], *, now_ms: int, max_id_length: int = 256,
 
 
 @_never_raises
+def tombstone_item_id(key: bytes, max_id_length: int = 256) -> str:
+    """The item id of a tombstone (a null value on ``items``): its key, validated like any
+    item id."""
+    try:
+        text = bytes(key).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord("invalid_utf8", str(exc)) from exc
+    return _id({"item_id": text}, "item_id", max_id_length)
+
+
+@_never_raises
 def parse_item(raw: Optional[bytes], *, now_ms: int, max_id_length: int = 256,
                max_text_chars: int = 20_000, max_future_skew_ms: int = 86_400_000,
                max_record_bytes: int = 1 << 20, min_ts_ms: int = 0) -> Item:

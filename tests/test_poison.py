@@ -222,3 +222,14 @@ def test_written_job_configs_mask_secrets_and_the_environment_carries_them(tmp_p
     assert "secret!" not in conf.read_text()
     again = load_settings(conf, environ=env)
     assert dict(again.kafka.properties)["sasl.jaas.config"] == "secret!"
+
+
+def test_a_tombstone_key_is_validated_like_an_item_id():
+    from streamrank.messages import tombstone_item_id
+
+    assert tombstone_item_id(b"movie-42") == "movie-42"
+    for key, reason in [(b"\xff", "invalid_utf8"), (b"  ", "empty_id"),
+                        ("a\u2028b".encode(), "bad_id"), (b"x" * 300, "id_too_long")]:
+        with pytest.raises(InvalidRecord) as err:
+            tombstone_item_id(key)
+        assert err.value.reason == reason

@@ -313,8 +313,7 @@ class CachedEmbedder:
         fails on is retried text by text, so one bad text costs only itself; a vector of the
         wrong shape, or with non-finite values, is refused (``bad_vector``). A model that
         cannot be loaded is not a property of the texts: that raises (see :meth:`load`)."""
-        if any(self.cache.get(self.model_id, t) is None for t in texts):
-            self.load()
+        self.load()  # raises here, not per text (a no-op once loaded)
         try:
             vecs = list(self.embed(texts))
         except Exception as exc:  # noqa: BLE001 - isolate the failing texts below
