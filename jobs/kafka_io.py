@@ -13,8 +13,8 @@ from __future__ import annotations
 from pyflink.datastream import DataStream
 from pyflink.table import StreamTableEnvironment
 
-from streamrank.config import KafkaSettings
-from streamrank.kafka_clients import connector_options
+from contracts.config import KafkaSettings
+from contracts.kafka_clients import connector_options
 
 
 def _quote(value: str) -> str:

@@ -44,9 +44,9 @@ from operators.types import (  # noqa: E402
     VALUE_RECORD_TYPE,
 )
 from operators.user_history import UserHistory  # noqa: E402
-from streamrank.config import Settings, load_settings, parse_set_args  # noqa: E402
-from streamrank.kafka_clients import masked  # noqa: E402
-from streamrank.runtime import flink_configuration, prepare_process_environment  # noqa: E402
+from contracts.config import Settings, load_settings, parse_set_args  # noqa: E402
+from contracts.kafka_clients import masked  # noqa: E402
+from jobs.runtime import flink_configuration, prepare_process_environment  # noqa: E402
 from udfs.embed_items import EmbedItems  # noqa: E402
 from udfs.embedding import model_id_for  # noqa: E402
 
@@ -148,8 +148,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
 def check_topics(settings: Settings) -> None:
     """Fail at submission, naming them, when the job's topics do not exist (rather than at the
     first dead letter, in a restart loop)."""
-    from streamrank.kafka_local import missing_topics
-    from streamrank.runtime import SetupError
+    from jobs.topics import missing_topics
+    from jobs.runtime import SetupError
 
     missing = missing_topics(settings.kafka)
     if missing:

@@ -1,6 +1,3 @@
-"""Flink functions of the streamrank job, and the pure ranking math they call.
-
-``ranking``, ``user_state`` and ``catalog`` are plain Python/numpy and know nothing of Flink;
-``functions`` holds the Flink ``ProcessFunction`` classes that load state, call them, store
-state and emit.
-"""
+"""The Flink functions of the streamrank job, one file per operator along the topology
+(parse, user history, item branch, ranker), with what they share (Row types, broadcast-state
+codecs, metrics). They load state, call :mod:`recsys`, store state and emit."""

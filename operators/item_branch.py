@@ -1,6 +1,6 @@
 """The keyed-by-item branch: item statistics and co-occurrence counts, for the rankers.
 
-One operator, one state value per item (:class:`operators.item_stats.ItemRecord`), two
+One operator, one state value per item (:class:`recsys.item_stats.ItemRecord`), two
 inputs keyed by item id: the interactions (each with the user's recent items, from
 ``UserHistory``) and the catalog (to know which ids are items). Only catalog items are
 broadcast to the rankers; an id that is not in the catalog is counted until
@@ -23,11 +23,11 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from operators.flink_metrics import OperatorMetrics
 from operators.common import LoggedOpen, now_ms
-from operators.item_stats import (COOC_DIRTY, KNOWN, STATS_DIRTY, ItemRecord, pack_counts,
+from recsys.item_stats import (COOC_DIRTY, KNOWN, STATS_DIRTY, ItemRecord, pack_counts,
                                   record_interaction)
-from operators.recommender import ModelParams
+from recsys.recommender import ModelParams
 from operators.types import STATE_BYTES
-from streamrank.config import RankingSettings
+from contracts.config import RankingSettings
 
 
 def _boundary(key: str, now: int, interval_ms: int) -> int:

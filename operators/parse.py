@@ -11,8 +11,8 @@ from pyflink.datastream.functions import ProcessFunction, RuntimeContext
 from operators.common import LoggedOpen, now_ms, source_ts
 from operators.flink_metrics import OperatorMetrics
 from operators.types import DLQ_TAG
-from streamrank.config import ValidationSettings
-from streamrank.messages import (InvalidRecord, dlq_record, parse_event, parse_item,
+from contracts.config import ValidationSettings
+from contracts.messages import (InvalidRecord, dlq_record, parse_event, parse_item,
                                  tombstone_item_id)
 
 

@@ -13,18 +13,18 @@ from pyflink.common import Row
 from pyflink.datastream.functions import KeyedBroadcastProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from operators import recommender
-from operators.catalog import CatalogIndex
+from recsys import recommender
+from recsys.catalog import CatalogIndex
 from operators.codecs import STATS, pack_catalog_entry, unpack_catalog_entry
 from operators.common import LoggedOpen, now_ms, user_ttl
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
-from operators.item_stats import unpack_counts
-from operators.recommender import ModelParams, Ranked
+from recsys.item_stats import unpack_counts
+from recsys.recommender import ModelParams, Ranked
 from operators.types import (CATALOG_STATE, DLQ_TAG, MODELS_STATE, NEIGHBOURS_STATE,
                              POPULARITY_STATE, STAGING_STATE, STATE_BYTES)
-from operators.user_state import Forgotten, PendingEvent, UserState, decode_profile
-from streamrank.config import RankingSettings
-from streamrank.messages import InvalidRecord, dlq_record, ranking_record
+from recsys.user_state import Forgotten, PendingEvent, UserState, decode_profile
+from contracts.config import RankingSettings
+from contracts.messages import InvalidRecord, dlq_record, ranking_record
 
 log = logging.getLogger("streamrank.operators")
 
@@ -43,7 +43,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
 
     The catalog (embeddings, deletions), item statistics and co-occurrence neighbours arrive
     by broadcast and are mirrored in broadcast state for checkpoints, and in a
-    :class:`CatalogIndex` for scoring. The model itself is :mod:`operators.recommender`, the
+    :class:`CatalogIndex` for scoring. The model itself is :mod:`recsys.recommender`, the
     same code ``streamrank eval`` measures.
 
     Every valid event yields exactly one ranking, under its own ``event_id``. An event whose

@@ -11,10 +11,10 @@ from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
 from operators.common import LoggedOpen, user_ttl
-from operators.item_stats import cooc_context
-from operators.recommender import ModelParams
-from operators.user_state import push_recent
-from streamrank.config import RankingSettings
+from recsys.item_stats import cooc_context
+from recsys.recommender import ModelParams
+from recsys.user_state import push_recent
+from contracts.config import RankingSettings
 
 
 class UserHistory(KeyedProcessFunction, LoggedOpen):

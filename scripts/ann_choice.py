@@ -1,4 +1,4 @@
-"""How operators/retrieval.py's ANN index was chosen: build time, query time and recall of
+"""How recsys/retrieval.py's ANN index was chosen: build time, query time and recall of
 the candidates libraries on 100,000 x 384 unit vectors, one core, top 100 per query.
 
     .venv/bin/python scripts/ann_choice.py [--n 100000]

@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamrank.config import default_settings  # noqa: E402
+from contracts.config import default_settings  # noqa: E402
 from streamrank.kafka_local import LocalBroker, create_topics  # noqa: E402
 from streamrank.replay import make_producer, produce  # noqa: E402
-from streamrank.runtime import free_port  # noqa: E402
+from jobs.runtime import free_port  # noqa: E402
 from streamrank.watch import JobProcess, RankingsReader, TopicReader, wait_for_catalog  # noqa: E402
 from tests.conftest import isolated_settings  # noqa: E402
 from tests.test_pipeline import catalog  # noqa: E402

@@ -18,11 +18,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from operators.catalog import CatalogIndex
-from operators.item_stats import ItemRecord, cooc_context, record_interaction
-from operators.recommender import ModelParams
-from operators.user_state import UserState
-from streamrank.config import load_settings
+from recsys.catalog import CatalogIndex
+from recsys.item_stats import ItemRecord, cooc_context, record_interaction
+from recsys.recommender import ModelParams
+from recsys.user_state import UserState
+from contracts.config import load_settings
 from streamrank.replay import read_events, read_items
 
 

@@ -32,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from streamrank.config import Settings
+from contracts.config import Settings
 
 log = logging.getLogger("streamrank.bench")
 
@@ -55,13 +55,13 @@ def plain_loop(settings: Settings, n_events: int, out_topic: str,
     """The hand-written alternative: consume, rank with the same model code, produce."""
     from kafka import KafkaConsumer, KafkaProducer
 
-    from operators import recommender
-    from operators.catalog import CatalogIndex
-    from operators.recommender import ModelParams
+    from recsys import recommender
+    from recsys.catalog import CatalogIndex
+    from recsys.recommender import ModelParams
     from streamrank.evaluate import ItemStatistics
     from streamrank.inprocess import InProcessUsers
-    from streamrank.kafka_clients import python_client_kwargs
-    from streamrank.messages import InvalidRecord, parse_event, parse_item, ranking_record
+    from contracts.kafka_clients import python_client_kwargs
+    from contracts.messages import InvalidRecord, parse_event, parse_item, ranking_record
     from udfs.embedding import CachedEmbedder
 
     bootstrap, topics = settings.kafka.bootstrap_servers, settings.kafka.topics
@@ -181,13 +181,13 @@ def catalog_scale(settings: Settings, items: list[dict], events: list[dict],
     the candidate stage against exact scoring of the large catalog: the share of the exact
     top-10 that the candidates contain; ``ann_recall_at_10``: the share of the exact
     content top-10 (per centroid) that the ANN index returns."""
-    from operators import recommender
-    from operators.catalog import CatalogIndex
-    from operators.recommender import ModelParams
-    from operators.user_state import UserState
+    from recsys import recommender
+    from recsys.catalog import CatalogIndex
+    from recsys.recommender import ModelParams
+    from recsys.user_state import UserState
     from streamrank.evaluate import ItemStatistics, embed_items
     from streamrank.inprocess import InProcessUsers
-    from streamrank.messages import parse_event
+    from contracts.messages import parse_event
 
     p = ModelParams.from_settings(settings.ranking)
     parsed, vecs = embed_items(settings, items)
@@ -326,9 +326,9 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
               skip_embedding: bool = False, scale_items: int = 100_000,
               taskmanagers: int = 0) -> dict:
     from streamrank.kafka_local import LocalBroker, create_topics
-    from streamrank.messages import parse_item
+    from contracts.messages import parse_item
     from streamrank.replay import make_producer, produce, read_events, read_items
-    from streamrank.runtime import prepare_process_environment
+    from jobs.runtime import prepare_process_environment
     from streamrank.watch import JobProcess, RankingsReader, wait_for_catalog
     from udfs.warmup import warm_cache
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from streamrank.config import REPO_ROOT, Settings
-from streamrank.messages import InvalidRecord, parse_event, parse_item
-from streamrank.runtime import free_port
+from contracts.config import REPO_ROOT, Settings
+from contracts.messages import InvalidRecord, parse_event, parse_item
+from jobs.runtime import free_port
 
 log = logging.getLogger("streamrank.chaos")
 
@@ -98,8 +98,8 @@ def reference_digests(items: list[dict], events: list[dict], settings: Settings,
     ranker's own step (``recommender.observe``) over the same catalog vectors."""
     import numpy as np
 
-    from operators.catalog import CatalogIndex
-    from operators.recommender import ModelParams
+    from recsys.catalog import CatalogIndex
+    from recsys.recommender import ModelParams
     from streamrank.inprocess import InProcessUsers
     from udfs.embedding import CachedEmbedder
 

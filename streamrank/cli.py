@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from streamrank.config import ConfigError, load_settings, parse_set_args
+from contracts.config import ConfigError, load_settings, parse_set_args
 
 DEFAULT_DATA = os.environ.get("STREAMRANK_DATA", "../shared/data/ml-latest-small")
 

@@ -29,8 +29,8 @@ from typing import Optional
 
 import yaml
 
-from streamrank.config import REPO_ROOT, ClusterSettings, Settings, file_and_environment
-from streamrank.runtime import SetupError, prepare_process_environment, python_path_for_workers
+from contracts.config import REPO_ROOT, ClusterSettings, Settings, file_and_environment
+from jobs.runtime import SetupError, prepare_process_environment, python_path_for_workers
 
 
 def flink_home() -> Path:
@@ -127,7 +127,7 @@ class StandaloneCluster:
             if not dst.exists():
                 dst.symlink_to(src)
         if self.cfg.prometheus_port:
-            from streamrank.runtime import prometheus_plugin_jar
+            from jobs.runtime import prometheus_plugin_jar
 
             plugin = self.plugins_dir / "metrics-prometheus"
             plugin.mkdir(exist_ok=True)

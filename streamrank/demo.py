@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from streamrank.config import Settings
+from contracts.config import Settings
 from streamrank.kafka_local import LocalBroker, create_topics
 from streamrank.replay import make_producer, produce, read_events, read_items
 from streamrank.watch import JobProcess, RankingsReader, TopicReader, wait_for_catalog
@@ -44,7 +44,7 @@ def format_ranking(rec: dict, titles: dict[str, str], n: int = 5) -> str:
 
 def run_demo(settings: Settings, data_dir: str, limit: Optional[int] = None,
              rate: Optional[float] = None, keep_kafka: bool = False) -> dict:
-    from streamrank.runtime import prepare_process_environment
+    from jobs.runtime import prepare_process_environment
     from udfs.warmup import warm_cache
 
     prepare_process_environment()

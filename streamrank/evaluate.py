@@ -23,13 +23,13 @@ from typing import Optional
 
 import numpy as np
 
-from operators import metrics, ranking, recommender
-from operators.catalog import CatalogIndex
-from operators.item_stats import cooc_context, record_interaction
-from operators.recommender import ModelParams
-from operators.user_state import UserState
-from streamrank.config import Settings
-from streamrank.messages import parse_item
+from recsys import metrics, ranking, recommender
+from recsys.catalog import CatalogIndex
+from recsys.item_stats import cooc_context, record_interaction
+from recsys.recommender import ModelParams
+from recsys.user_state import UserState
+from contracts.config import Settings
+from contracts.messages import parse_item
 from streamrank.replay import read_events, read_items
 
 METHODS = ("streamrank", "popularity", "embedding", "cooc")

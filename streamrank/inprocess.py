@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from operators import recommender
-from operators.catalog import CatalogIndex
-from operators.recommender import ModelParams
-from operators.user_state import PendingEvent, UserState
-from streamrank.messages import Event
+from recsys import recommender
+from recsys.catalog import CatalogIndex
+from recsys.recommender import ModelParams
+from recsys.user_state import PendingEvent, UserState
+from contracts.messages import Event
 
 
 @dataclass

@@ -18,8 +18,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamrank.config import KafkaSettings, LocalKafkaSettings
-from streamrank.runtime import kafka_classpath
+from contracts.config import KafkaSettings, LocalKafkaSettings
+from jobs.topics import admin_client, topic_specs
+from jobs.runtime import kafka_classpath
 
 log = logging.getLogger(__name__)
 
@@ -205,46 +206,6 @@ def wait_until_ready(bootstrap: str, wait_s: float, proc: subprocess.Popen | Non
     raise TimeoutError(f"Kafka at {bootstrap} not ready after {wait_s:.0f}s: {last}")
 
 
-COMPACTED = {"items", "rankings"}
-
-
-def topic_specs(kafka: KafkaSettings) -> dict[str, dict[str, str]]:
-    """Topic name -> topic configs, for every topic the job uses."""
-    specs = {}
-    for role in ("items", "events", "rankings", "events_dlq", "items_dlq"):
-        name = getattr(kafka.topics, role)
-        specs[name] = {"cleanup.policy": "compact"} if role in COMPACTED else {}
-    return specs
-
-
-def _admin(kafka: KafkaSettings, **kwargs):
-    from kafka import KafkaAdminClient
-
-    from streamrank.kafka_clients import python_client_kwargs
-
-    return KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers,
-                            **{**python_client_kwargs(kafka.properties, "admin"), **kwargs})
-
-
-def missing_topics(kafka: KafkaSettings, timeout_ms: int = 15_000) -> list[str]:
-    """The job's topics that do not exist on the cluster (a clear error at job start beats a
-    job failing at its first dead letter). Raises ``SetupError`` when Kafka cannot be
-    reached."""
-    from kafka.errors import KafkaError
-
-    from streamrank.runtime import SetupError
-
-    try:
-        admin = _admin(kafka, request_timeout_ms=timeout_ms)
-    except (KafkaError, OSError, ValueError) as exc:
-        raise SetupError(f"cannot reach Kafka at {kafka.bootstrap_servers} "
-                         f"({type(exc).__name__}: {exc}); check kafka.bootstrap_servers and "
-                         f"kafka.properties") from exc
-    try:
-        existing = set(admin.list_topics())
-    finally:
-        admin.close()
-    return [t for t in topic_specs(kafka) if t not in existing]
 
 
 def create_topics(kafka: KafkaSettings, recreate: bool = False,
@@ -256,7 +217,7 @@ def create_topics(kafka: KafkaSettings, recreate: bool = False,
 
     specs = topic_specs(kafka)
     specs.update({name: {} for name in extra})
-    admin = _admin(kafka)
+    admin = admin_client(kafka)
     try:
         existing = set(admin.list_topics())
         if recreate:

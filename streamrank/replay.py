@@ -94,7 +94,7 @@ def make_producer(bootstrap_servers: str, properties: Optional[dict] = None):
     """A producer for replays; ``properties``: ``kafka.properties`` (security, timeouts)."""
     from kafka import KafkaProducer
 
-    from streamrank.kafka_clients import python_client_kwargs
+    from contracts.kafka_clients import python_client_kwargs
 
     kwargs = dict(linger_ms=2, acks=1, batch_size=64 * 1024,
                   max_in_flight_requests_per_connection=5)

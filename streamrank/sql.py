@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 
-from streamrank.config import Settings
+from contracts.config import Settings
 
 VIEWS = {
     "events_per_minute": """
@@ -53,7 +53,7 @@ VIEWS = {
 
 def _kafka_options(settings: Settings, topic: str) -> str:
     from jobs.kafka_io import sql_options
-    from streamrank.kafka_clients import connector_options
+    from contracts.kafka_clients import connector_options
 
     return sql_options({
         "connector": "kafka",
@@ -91,7 +91,7 @@ def create_environment(settings: Settings):
     """A batch TableEnvironment with the Kafka connector, the tables and the views."""
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
-    from streamrank.runtime import connector_jar, prepare_process_environment
+    from jobs.runtime import connector_jar, prepare_process_environment
 
     prepare_process_environment()
     t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())

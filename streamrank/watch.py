@@ -20,7 +20,7 @@ from typing import Optional
 
 import yaml
 
-from streamrank.config import REPO_ROOT, Settings, file_and_environment
+from contracts.config import REPO_ROOT, Settings, file_and_environment
 
 PROBE_USER = "__streamrank_probe__"
 
@@ -90,7 +90,7 @@ class TopicReader:
     def __init__(self, bootstrap: str, topic: str, properties: Optional[dict] = None):
         from kafka import KafkaConsumer
 
-        from streamrank.kafka_clients import python_client_kwargs
+        from contracts.kafka_clients import python_client_kwargs
 
         self.topic = topic
         self._consumer = KafkaConsumer(

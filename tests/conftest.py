@@ -7,17 +7,17 @@ import uuid
 
 import pytest
 
-from streamrank.config import Settings, load_settings
+from contracts.config import Settings, load_settings
 
 
-from streamrank.runtime import free_port  # noqa: F401  (the tests import it from here)
+from jobs.runtime import free_port  # noqa: F401  (the tests import it from here)
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory) -> str:
     import dataclasses
 
-    from streamrank.config import default_settings
+    from contracts.config import default_settings
     from streamrank.kafka_local import LocalBroker
 
     broker = LocalBroker(dataclasses.replace(

@@ -1,6 +1,6 @@
 import pytest
 
-from streamrank.config import ConfigError, load_settings, parse_set_args
+from contracts.config import ConfigError, load_settings, parse_set_args
 from streamrank.replay import read_events, read_items
 from tests.synthetic import write_movielens
 
@@ -41,8 +41,8 @@ def test_defaults_live_in_the_yaml_file_only():
     and the model's parameters hold types only, and a file missing a key is refused."""
     import dataclasses
 
-    from operators.recommender import ModelParams
-    from streamrank import config
+    from recsys.recommender import ModelParams
+    from contracts import config
 
     settings_classes = [config.Settings, config.Topics, config.KafkaSettings,
                         config.LocalKafkaSettings, config.FlinkSettings,

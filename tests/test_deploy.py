@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from streamrank.config import REPO_ROOT
+from contracts.config import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 

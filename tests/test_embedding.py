@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from streamrank.config import default_settings
+from contracts.config import default_settings
 from udfs.embedding import (
     BUNDLED,
     BUNDLED_MODEL_ID,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamrank.messages import (
+from contracts.messages import (
     CONTROL_TYPES,
     EVENT_TYPES,
     Event,

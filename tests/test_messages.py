@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from streamrank.messages import InvalidRecord, dlq_record, parse_event, parse_item
+from contracts.messages import InvalidRecord, dlq_record, parse_event, parse_item
 
 pytestmark = pytest.mark.unit
 

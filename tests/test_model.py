@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from operators import diversity, fusion, interests, item_stats, metrics, recommender
-from operators.catalog import CatalogIndex
-from operators.recommender import ModelParams
-from operators.user_state import UserState
+from recsys import diversity, fusion, interests, item_stats, metrics, recommender
+from recsys.catalog import CatalogIndex
+from recsys.recommender import ModelParams
+from recsys.user_state import UserState
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ import yaml
 
 from streamrank.chaos import Harness, chaos_settings
 from streamrank.cluster import _alive, absolute_paths
-from streamrank.config import REPO_ROOT, to_dict
+from contracts.config import REPO_ROOT, to_dict
 from streamrank.replay import produce, read_events, read_items
 from tests.conftest import free_port, isolated_settings
 from tests.screenshot import chromium_screenshot

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from operators import recommender
-from operators.catalog import CatalogIndex
-from operators.recommender import ModelParams
-from operators.user_state import UserState
+from recsys import recommender
+from recsys.catalog import CatalogIndex
+from recsys.recommender import ModelParams
+from recsys.user_state import UserState
 
 from streamrank.kafka_local import create_topics
 from streamrank.replay import make_producer, produce
@@ -351,7 +351,7 @@ def test_poison_records_never_restart_the_job(job):
 
 def test_the_job_names_missing_topics_at_start(kafka_bootstrap, tmp_path):
     from jobs.ranking_job import check_topics
-    from streamrank.runtime import SetupError
+    from jobs.runtime import SetupError
 
     settings = isolated_settings(kafka_bootstrap, tmp_path)
     create_topics(settings.kafka)

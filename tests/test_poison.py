@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators import item_stats, recommender
-from operators.catalog import CatalogIndex
-from operators.recommender import ModelParams
-from operators.user_state import Forgotten, UserState, decode_profile
-from streamrank.kafka_clients import MASK, masked, python_client_kwargs
-from streamrank.messages import InvalidRecord, dlq_record, parse_event, parse_item
+from recsys import item_stats, recommender
+from recsys.catalog import CatalogIndex
+from recsys.recommender import ModelParams
+from recsys.user_state import Forgotten, UserState, decode_profile
+from contracts.kafka_clients import MASK, masked, python_client_kwargs
+from contracts.messages import InvalidRecord, dlq_record, parse_event, parse_item
 
 pytestmark = pytest.mark.unit
 
@@ -81,7 +81,7 @@ def test_items_with_lone_surrogates_or_huge_numbers_are_rejected():
 
 
 def test_unexpected_exceptions_become_parser_errors(monkeypatch):
-    import streamrank.messages as messages
+    import contracts.messages as messages
 
     def explode(*_):
         raise KeyError("boom")
@@ -210,7 +210,7 @@ def test_kafka_properties_reach_python_clients_and_secrets_are_masked():
 def test_written_job_configs_mask_secrets_and_the_environment_carries_them(tmp_path):
     import yaml
 
-    from streamrank.config import file_and_environment, load_settings
+    from contracts.config import file_and_environment, load_settings
 
     settings = load_settings(overrides={"kafka.properties": {"sasl.jaas.config": "secret!",
                                                              "linger.ms": 5}}, environ={})
@@ -225,7 +225,7 @@ def test_written_job_configs_mask_secrets_and_the_environment_carries_them(tmp_p
 
 
 def test_a_tombstone_key_is_validated_like_an_item_id():
-    from streamrank.messages import tombstone_item_id
+    from contracts.messages import tombstone_item_id
 
     assert tombstone_item_id(b"movie-42") == "movie-42"
     for key, reason in [(b"\xff", "invalid_utf8"), (b"  ", "empty_id"),

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from operators import ranking
+from recsys import ranking
 
 pytestmark = pytest.mark.unit
 

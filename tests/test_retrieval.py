@@ -4,11 +4,11 @@ scoring candidates gives exactly the exact ranking whenever the candidates hold 
 import numpy as np
 import pytest
 
-from operators import recommender
-from operators.catalog import CatalogIndex
-from operators.recommender import ModelParams
-from operators.retrieval import AnnIndex, nlist_for
-from operators.user_state import UserState
+from recsys import recommender
+from recsys.catalog import CatalogIndex
+from recsys.recommender import ModelParams
+from recsys.retrieval import AnnIndex, nlist_for
+from recsys.user_state import UserState
 
 pytestmark = pytest.mark.unit
 

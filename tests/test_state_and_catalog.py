@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from operators.catalog import CatalogIndex
-from operators.user_state import PendingEvent, UserState
+from recsys.catalog import CatalogIndex
+from recsys.user_state import PendingEvent, UserState
 
 pytestmark = pytest.mark.unit
 
@@ -108,7 +108,7 @@ def test_catalog_rejects_wrong_dimension():
 
 
 def test_cooccurrence_counts_pack_compactly_and_exactly():
-    from operators.item_stats import pack_counts, unpack_counts
+    from recsys.item_stats import pack_counts, unpack_counts
 
     counts = {"1": 3.0, "café-42": 1.0, "x" * 200: 12345.0}
     data = pack_counts(counts)

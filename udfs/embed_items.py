@@ -16,8 +16,8 @@ from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, Va
 from operators.common import LoggedOpen, now_ms
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
 from operators.types import DEAD_LETTER_KIND, ITEM_TYPE
-from streamrank.config import ModelSettings
-from streamrank.messages import InvalidRecord, dlq_record
+from contracts.config import ModelSettings
+from contracts.messages import InvalidRecord, dlq_record
 
 log = logging.getLogger("streamrank.operators")
 

@@ -1,6 +1,6 @@
 """Embed a whole catalog ahead of the job (``streamrank embed``), with a progress bar.
 
-Uses the same item text (:meth:`streamrank.messages.Item.text`) and the same cache as the job's
+Uses the same item text (:meth:`contracts.messages.Item.text`) and the same cache as the job's
 embedding operator, so the job then finds every vector in the cache.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import time
 
-from streamrank.config import ModelSettings
-from streamrank.messages import InvalidRecord, parse_item
+from contracts.config import ModelSettings
+from contracts.messages import InvalidRecord, parse_item
 from udfs.embedding import CachedEmbedder
 
 

@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from operators.ranking import rel_log
+from recsys.ranking import rel_log
 
 
 class CatalogIndex:
@@ -295,7 +295,7 @@ class CatalogIndex:
 
     def ann_rows(self, queries: np.ndarray, k: int, nprobe: int = 32) -> np.ndarray:
         """Rows of about the ``k`` nearest items of each query vector (deleted included)."""
-        from operators.retrieval import AnnIndex
+        from recsys.retrieval import AnnIndex
 
         if self._ann is None or self._ann.dim != self.dim:
             self._ann = AnnIndex(self.dim, nprobe=nprobe)

@@ -23,9 +23,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from operators import diversity, fusion, interests, ranking
-from operators.catalog import CatalogIndex
-from operators.user_state import UserState
+from recsys import diversity, fusion, interests, ranking
+from recsys.catalog import CatalogIndex
+from recsys.user_state import UserState
 
 F_CONTENT, F_COOC, F_POP, F_TREND = range(4)
 COOC_FLOOR = 1e-6  # relative co-occurrence mapped to feature 0
@@ -66,7 +66,7 @@ class ModelParams:
         """The configured defaults (``conf/streamrank.yaml``), with ``overrides``."""
         import dataclasses
 
-        from streamrank.config import default_settings
+        from contracts.config import default_settings
 
         return dataclasses.replace(cls.from_settings(default_settings().ranking), **overrides)
 

@@ -8,7 +8,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from streamrank.config import REPO_ROOT, Settings
+from contracts.config import REPO_ROOT, Settings
 
 JARS_DIR = Path(os.environ.get("STREAMRANK_JARS_DIR", REPO_ROOT / ".jars"))
 CONNECTOR_GLOB = "flink-sql-connector-kafka-*.jar"

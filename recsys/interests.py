@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.ranking import decay_factor
+from recsys.ranking import decay_factor
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -275,7 +275,7 @@ def _bounded_raw(raw: bytes, max_raw_bytes: int) -> dict[str, Any]:
         return {"raw": text, "raw_encoding": "utf-8"}
     if text is None and 4 * ((len(raw) + 2) // 3) + 2 <= max_raw_bytes:
         return {"raw": base64.b64encode(raw).decode("ascii"), "raw_encoding": "base64"}
-    import hashlib  # lazily: see operators/user_state.py digest()
+    import hashlib  # lazily: see recsys/user_state.py digest()
 
     out: dict[str, Any] = {"raw_truncated": True, "raw_bytes": len(raw),
                            "raw_sha256": hashlib.sha256(raw).hexdigest()}

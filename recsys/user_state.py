@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from operators import interests
+from recsys import interests
 
 _HEADER = struct.Struct("<BHBBIq")
 _LISTS = struct.Struct("<III")

@@ -25,8 +25,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from operators import ranking
-from operators.user_state import join_ids, split_ids
+from recsys import ranking
+from recsys.user_state import join_ids, split_ids
 
 KNOWN, STATS_DIRTY, COOC_DIRTY = 1, 2, 4
 _HEAD = struct.Struct("<Bqdd")

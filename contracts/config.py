@@ -303,7 +303,7 @@ def file_and_environment(settings: Settings) -> tuple[dict, dict[str, str]]:
     """The settings as a dict to write to a config file for another process, with secret
     Kafka properties masked, and the environment variables that carry the real properties
     to that process (``load_settings`` reads them over the file)."""
-    from streamrank.kafka_clients import masked
+    from contracts.kafka_clients import masked
 
     data = to_dict(settings)
     props = dict(settings.kafka.properties)
