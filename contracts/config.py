@@ -136,7 +136,8 @@ class RankingSettings:
     ann_candidates: int
     ann_nprobe: int
     popular_candidates: int
-    batch_window_ms: int
+    emit_window_ms: int
+    max_covered_events: int
     batch_max_users: int
 
 

@@ -312,14 +312,17 @@ def dlq_record(error: InvalidRecord | str, raw: Optional[bytes], topic: str, par
     return json.dumps(rec, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
-def ranking_record(*, user_id: str, items: list[dict], k: int, model: str, event_id: str,
-                   event_ts: int, emitted_ts: int, catalog_size: int,
+def ranking_record(*, user_id: str, items: list[dict], k: int, model: str,
+                   event_ids: list[str], event_ts: int, emitted_ts: int, catalog_size: int,
                    state_digest: Optional[str] = None) -> bytes:
-    """The ``rankings`` value: a user's re-ranked top-k after one of their events."""
+    """The ``rankings`` value: a user's re-ranked top-k after their events ``event_ids`` (all
+    the events applied since their previous ranking, in order; ``event_id`` is the latest,
+    ``event_ts`` its event time)."""
     rec = {
         "user_id": user_id, "items": items, "k": k, "model": model,
-        "event_id": event_id or None, "event_ts": event_ts, "emitted_ts": emitted_ts,
-        "catalog_size": catalog_size,
+        "event_id": (event_ids[-1] if event_ids else "") or None,
+        "event_ids": [e for e in event_ids if e], "event_ts": event_ts,
+        "emitted_ts": emitted_ts, "catalog_size": catalog_size,
     }
     if state_digest is not None:
         rec["state_digest"] = state_digest

@@ -20,13 +20,18 @@ from __future__ import annotations
 
 import math
 import struct
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from recsys import ranking
+from recsys.catalog import CatalogIndex
 from recsys.user_state import join_ids, split_ids
+
+if TYPE_CHECKING:
+    from recsys.recommender import ModelParams
 
 KNOWN, STATS_DIRTY, COOC_DIRTY = 1, 2, 4
 _HEAD = struct.Struct("<Bqdd")
@@ -116,3 +121,30 @@ def cooc_prune(counts: dict[str, float], max_neighbours: int) -> None:
     keep = sorted(counts.items(), key=lambda kv: -kv[1])[:max_neighbours]
     counts.clear()
     counts.update(keep)
+
+
+class InlineItemStats:
+    """Every item's statistics in one process, applied synchronously with
+    :func:`record_interaction` (what the job's keyed-by-item branch does, for the tools that
+    replay a stream without Flink), and written into ``cat`` as the broadcast does."""
+
+    def __init__(self, cat: CatalogIndex, p: ModelParams, max_neighbours: int):
+        self.cat, self.p = cat, p
+        self.max_neighbours = max_neighbours
+        self.counts: dict[str, float] = defaultdict(float)
+        self.log_pop: dict[str, float] = defaultdict(lambda: -math.inf)
+        self.cooc: dict[str, dict[str, float]] = defaultdict(dict)
+
+    def apply(self, history: list[str], item_id: str, event_type: str, weight: float,
+              ts: int) -> None:
+        earlier = self.cooc[item_id]
+        updated = record_interaction(self.log_pop[item_id], self.counts[item_id], earlier,
+                                     event_type, weight, ts, cooc_context(history, item_id),
+                                     self.p, self.max_neighbours)
+        if updated is None:
+            return
+        self.log_pop[item_id], self.counts[item_id], changed = updated
+        self.cat.set_popularity(item_id, self.log_pop[item_id], self.counts[item_id])
+        if changed:
+            self.cat.set_cooccurrence(item_id, earlier, changed=changed,
+                                      max_neighbours=self.max_neighbours)

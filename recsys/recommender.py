@@ -353,11 +353,12 @@ def apply_event(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: st
 
 
 def observe(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: str, weight: float,
-            ts: int) -> bool:
+            ts: int, cooc: Optional[np.ndarray] = None) -> bool:
     """The ranker's step for one interaction: apply it (learn, move the interests) and mark
     the item seen. False, with the state untouched, when the item is not in the catalog yet:
-    the caller holds the event and observes it again once the item is known."""
-    if not apply_event(state, cat, p, item_id, weight, ts):
+    the caller holds the event and observes it again once the item is known. ``cooc``: the
+    state's co-occurrence scores, when the caller has them."""
+    if not apply_event(state, cat, p, item_id, weight, ts, cooc=cooc):
         return False
     state.mark_seen(item_id, p.max_seen, p.history_size)
     return True

@@ -5,12 +5,13 @@ Layout (little endian), version 3::
     u8 version | u16 dim | u8 n_centroids | u8 n_weights | u32 n_events | i64 last_ts
     f32[n_centroids * dim] centroids | f32[n_centroids] masses | f64[n_weights] fusion weights
     u32[3] byte lengths of: seen | history | shown   (each: the ids, newline-separated UTF-8)
-    UTF-8 JSON tail {"pending": [...], "model": "...", "due": [event_id, ts]}  (due only while set)
+    UTF-8 JSON tail {"pending": [...], "model": "...", "due": {"ids": [...], "ts": n}}  (due only while set)
 
 ``seen`` are the items the user interacted with (never recommended again), ``history`` the
 most recent of them (co-occurrence context), ``shown`` the last top-k (negatives for learning),
-``pending`` events whose item was not in the catalog yet, ``due`` the event applied last whose
-ranking is not emitted yet (micro-batched ranking: ``ranking.batch_window_ms``). The id lists
+``pending`` events whose item was not in the catalog yet, ``due`` the events applied since the
+last ranking, whose ranking is not emitted yet (``ranking.emit_window_ms``; an older state's
+``[event_id, ts]`` is read as one such event). The id lists
 are newline-joined rather than JSON (ids never hold control characters: the parser rejects
 them): for a user with 1,000 seen items that is ~10x faster to write and read, and the state is
 read and written at every event. Version 2 (the same, all lists in the JSON tail) is read too.
@@ -77,6 +78,15 @@ def decode_profile(data: bytes) -> "UserState | Forgotten":
 
 
 @dataclass
+class Due:
+    """The user's next ranking, not emitted yet: the events it covers (in the order they were
+    applied) and the event time of the latest (the ranking's clock)."""
+
+    event_ids: list[str]
+    ts: int
+
+
+@dataclass
 class PendingEvent:
     """An event whose item was not in the catalog yet; applied once the item arrives."""
 
@@ -101,7 +111,7 @@ class UserState:
     shown: list[str] = field(default_factory=list)
     pending: list[PendingEvent] = field(default_factory=list)
     model: str = ""  # the embedding model whose vector space the centroids live in
-    due: Optional[tuple[str, int]] = None  # (event_id, ts) applied, its ranking not yet out
+    due: Optional[Due] = None  # events applied, their ranking not emitted yet
 
     @classmethod
     def empty(cls, dim: int) -> "UserState":
@@ -125,7 +135,7 @@ class UserState:
             "model": self.model,
         }
         if self.due is not None:
-            fields["due"] = list(self.due)
+            fields["due"] = {"ids": self.due.event_ids, "ts": self.due.ts}
         lists = [join_ids(self.seen), join_ids(self.history), join_ids(self.shown)]
         tail = json.dumps(fields, separators=(",", ":")).encode("utf-8")
         return b"".join([
@@ -162,7 +172,7 @@ class UserState:
         return cls(centroids=c, masses=m, weights=w, n_events=n_events, last_ts=last_ts,
                    seen=seen, history=history, shown=shown,
                    pending=pending, model=tail.get("model", ""),
-                   due=(str(due[0]), int(due[1])) if due else None)
+                   due=_due(due))
 
     def mark_seen(self, item_id: str, max_seen: int, max_history: int) -> None:
         push_recent(self.seen, item_id, max_seen)
@@ -215,3 +225,11 @@ class UserState:
         if ready:
             self.pending = [p for p in self.pending if not known(p.item_id)]
         return ready
+
+
+def _due(raw) -> Optional[Due]:
+    if not raw:
+        return None
+    if isinstance(raw, list):  # states written before coalesced rankings: one event
+        return Due([str(raw[0])], int(raw[1]))
+    return Due([str(i) for i in raw["ids"]], int(raw["ts"]))

@@ -50,77 +50,93 @@ def _percentiles(values: list[float]) -> dict:
     return {f"p{q}_ms": round(float(np.percentile(a, q)), 1) for q in (50, 95, 99)}
 
 
-def plain_loop(settings: Settings, n_events: int, out_topic: str,
-               timeout_s: float = 3600) -> dict:
-    """The hand-written alternative: consume, rank with the same model code, produce."""
-    from kafka import KafkaConsumer, KafkaProducer
+def _loop_catalog(settings: Settings) -> tuple:
+    """The plain loop's catalog, read from the ``items`` topic until it is drained, embedded
+    through the same cache as the job."""
+    from kafka import KafkaConsumer
 
-    from recsys import recommender
-    from recsys.catalog import CatalogIndex
-    from recsys.recommender import ModelParams
-    from streamrank.evaluate import ItemStatistics
-    from streamrank.inprocess import InProcessUsers
     from contracts.kafka_clients import python_client_kwargs
-    from contracts.messages import InvalidRecord, parse_event, parse_item, ranking_record
+    from contracts.messages import InvalidRecord, parse_item
+    from recsys.catalog import CatalogIndex
     from udfs.embedding import CachedEmbedder
 
-    bootstrap, topics = settings.kafka.bootstrap_servers, settings.kafka.topics
-    p = ModelParams.from_settings(settings.ranking)
     cat = CatalogIndex()
-    stats = ItemStatistics(cat, p, settings.ranking.max_neighbours)
     embedder = CachedEmbedder.from_settings(settings.model)
-    client = python_client_kwargs(settings.kafka.properties, "consumer")
-    consumer = KafkaConsumer(topics.items, bootstrap_servers=bootstrap,
+    consumer = KafkaConsumer(settings.kafka.topics.items,
+                             bootstrap_servers=settings.kafka.bootstrap_servers,
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              group_id=None, consumer_timeout_ms=3000, max_poll_records=2000,
-                             **client)
-    for msg in consumer:  # the catalog, until the topic is drained
-        try:
-            it = parse_item(msg.value, now_ms=int(time.time() * 1000))
-        except InvalidRecord:
-            continue
-        if it.deleted:
-            cat.delete(it.item_id)
-        else:
-            cat.upsert(it.item_id, it.title, embedder.embed([it.text()])[0])
-    consumer.close()
-    embedder.close()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1,
+                             **python_client_kwargs(settings.kafka.properties, "consumer"))
+    try:
+        for msg in consumer:
+            try:
+                it = parse_item(msg.value, now_ms=int(time.time() * 1000))
+            except InvalidRecord:
+                continue
+            if it.deleted:
+                cat.delete(it.item_id)
+            else:
+                cat.upsert(it.item_id, it.title, embedder.embed([it.text()])[0])
+    finally:
+        consumer.close()
+        embedder.close()
+    return cat, embedder.model_id
+
+
+def plain_loop(settings: Settings, n_events: int, out_topic: str,
+               timeout_s: float = 3600) -> dict:
+    """The hand-written alternative: consume, step and rank with the same model code and the
+    same per-window coalescing (:class:`LocalUsers`), the item statistics inline, produce."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from contracts.kafka_clients import python_client_kwargs
+    from contracts.messages import InvalidRecord, parse_event, ranking_record
+    from recsys.item_stats import InlineItemStats
+    from recsys.recommender import ModelParams
+    from recsys.user_state import UserState
+    from recsys.user_step import Emit, Incoming, LocalUsers, StepConfig
+
+    kafka, p = settings.kafka, ModelParams.from_settings(settings.ranking)
+    cat, model = _loop_catalog(settings)
+    stats = InlineItemStats(cat, p, settings.ranking.max_neighbours)
+    users = LocalUsers(cat, p, StepConfig.from_settings(settings.ranking), model,
+                       batch_users=settings.ranking.batch_max_users)
+    window = settings.ranking.emit_window_ms
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, linger_ms=2, acks=1,
                              batch_size=64 * 1024,
-                             **python_client_kwargs(settings.kafka.properties, "producer"))
-    consumer = KafkaConsumer(topics.events, bootstrap_servers=bootstrap,
+                             **python_client_kwargs(kafka.properties, "producer"))
+    consumer = KafkaConsumer(kafka.topics.events, bootstrap_servers=kafka.bootstrap_servers,
                              auto_offset_reset="earliest", enable_auto_commit=False,
-                             group_id=None, max_poll_records=2000, **client)
-    users = InProcessUsers(cat, p, embedder.model_id)
-    done = 0
-    t0 = None
+                             group_id=None, max_poll_records=2000,
+                             **python_client_kwargs(kafka.properties, "consumer"))
+
+    def emit(outs: list) -> None:
+        for user, out, items in outs:
+            if isinstance(out, Emit):
+                producer.send(out_topic, key=user.encode(), value=ranking_record(
+                    user_id=user, items=items, k=p.k, model=model, event_ids=out.due.event_ids,
+                    event_ts=out.due.ts, emitted_ts=int(time.time() * 1000),
+                    catalog_size=len(cat)))
+
+    done, t0 = 0, None
     deadline = time.monotonic() + timeout_s
     while done < n_events and time.monotonic() < deadline:
-        batch = consumer.poll(timeout_ms=500)
-        for msgs in batch.values():
+        for msgs in consumer.poll(timeout_ms=window or 500).values():
+            t0 = t0 or time.perf_counter()
             for msg in msgs:
-                if t0 is None:
-                    t0 = time.perf_counter()
+                now = int(time.time() * 1000)
                 try:
-                    ev = parse_event(msg.value, now_ms=int(time.time() * 1000))
+                    ev = parse_event(msg.value, now_ms=now)
                 except InvalidRecord:
                     continue
-                step = users.handle(ev)
-                if step.state is None:
-                    continue
-                st = step.state
-                if step.applied:
-                    ranked = recommender.rank(st, cat, p, ev.ts)
-                    st.shown = [cat.ids[r] for r in ranked.rows]
-                    items = [{"item_id": cat.ids[r], "score": round(s, 5), "reason": why}
-                             for r, s, why in zip(ranked.rows, ranked.scores, ranked.reasons)]
-                    producer.send(out_topic, key=ev.user_id.encode(), value=ranking_record(
-                        user_id=ev.user_id, items=items, k=p.k, model=embedder.model_id,
-                        event_id=ev.event_id, event_ts=ev.ts,
-                        emitted_ts=int(time.time() * 1000), catalog_size=len(cat)))
-                stats.apply(list(step.prev_history), ev.item_id, ev.type, step.weight, ev.ts)
-                if not ev.user_id.startswith("__"):
-                    done += 1
+                st = users.states.get(ev.user_id)
+                prev_history = list(st.history) if isinstance(st, UserState) else []
+                emit(users.event(Incoming.of(ev, msg.partition, msg.offset), now))
+                stats.apply(prev_history, ev.item_id, ev.type, p.weight(ev.type, ev.value),
+                            ev.ts)
+                done += not ev.user_id.startswith("__")
+        emit(users.tick(int(time.time() * 1000)))
+    emit(users.flush())
     producer.flush()
     seconds = time.perf_counter() - (t0 or time.perf_counter())
     consumer.close()
@@ -171,109 +187,129 @@ def _cpu_bf16() -> bool:
         return False
 
 
-def catalog_scale(settings: Settings, items: list[dict], events: list[dict],
-                  scale_items: int = 100_000, n_events: int = 2000, recall_sample: int = 200,
-                  seed: int = 0) -> dict:
-    """The ranker in one process (the code the job runs, no Kafka or Flink) on the MovieLens
-    catalog, scored exactly, and on a MovieLens-derived catalog of ``scale_items`` rows
-    (each extra row: a real item's embedding plus noise, cosine ~0.9 to it), scored through
-    candidate retrieval. Rankings/s over the same ``n_events`` events, and the recall@10 of
-    the candidate stage against exact scoring of the large catalog: the share of the exact
-    top-10 that the candidates contain; ``ann_recall_at_10``: the share of the exact
-    content top-10 (per centroid) that the ANN index returns."""
+def _derived_catalog(parsed: list, vecs: np.ndarray, n: int, rng):
+    """The dataset's catalog grown to ``n`` rows: each extra row a real item's embedding plus
+    noise (cosine ~0.9 to it)."""
+    from streamrank.offline import catalog_of
+
+    cat = catalog_of(parsed, vecs, capacity=n)
+    extra = n - len(parsed)
+    if extra > 0:
+        base = rng.integers(0, len(parsed), extra)
+        noise = rng.standard_normal((extra, vecs.shape[1])).astype(np.float32)
+        derived = vecs[base] + noise * np.float32(0.48 / np.sqrt(vecs.shape[1]))
+        for j in range(extra):
+            cat.upsert(f"derived-{j}", f"{parsed[base[j]].title} #{j}", derived[j])
+    return cat
+
+
+def _candidate_recall(st, cat, p, ts: int) -> tuple[int, int, int, int]:
+    """(hits, total) of the candidate stage against exact scoring, and (hits, total) of the
+    ANN index against each centroid's exact content top-10, for one user."""
     from recsys import recommender
-    from recsys.catalog import CatalogIndex
+
+    exact = recommender.rank(st, cat, p, ts, explain=False, exact=True)
+    cand = set(recommender.candidate_rows(st, cat, p,
+                                          recommender.cooc_scores(st, cat, p)).tolist())
+    found = set(cat.ann_rows(st.centroids, p.ann_candidates, p.ann_nprobe).tolist())
+    content = cat.live_matrix() @ st.centroids.T
+    ann_hits = sum(len(set(np.argpartition(-content[:, c], 9)[:10].tolist()) & found)
+                   for c in range(content.shape[1]))
+    return len(set(exact.rows) & cand), len(exact.rows), ann_hits, 10 * content.shape[1]
+
+
+def _replay_ranker(settings: Settings, cat, evs: list, check_recall: bool,
+                   recall_sample: int = 200, keep: Optional[list] = None) -> dict:
+    """Replay ``evs`` through the per-event step (each event ranked on its own) and time the
+    rankings; optionally the candidate stage's recall; ``keep`` collects each ranking's
+    input (a copy of the state, and its clock)."""
+    from recsys import recommender
+    from recsys.item_stats import InlineItemStats
     from recsys.recommender import ModelParams
     from recsys.user_state import UserState
-    from streamrank.evaluate import ItemStatistics, embed_items
-    from streamrank.inprocess import InProcessUsers
-    from contracts.messages import parse_event
+    from recsys.user_step import Emit, Incoming, LocalUsers, StepConfig, show
 
     p = ModelParams.from_settings(settings.ranking)
-    parsed, vecs = embed_items(settings, items)
-    now = int(time.time() * 1000)
-    evs = [parse_event(json.dumps(e).encode(), now_ms=now) for e in events[:n_events]]
-    rng = np.random.default_rng(seed)
+    stats = InlineItemStats(cat, p, settings.ranking.max_neighbours)
+    users = LocalUsers(cat, p, StepConfig.from_settings(settings.ranking).per_event(),
+                       rank=False)
+    spent, ranked, recall = 0.0, 0, np.zeros(4, np.int64)
+    every = max(1, len(evs) // recall_sample)
+    for i, ev in enumerate(evs):
+        st = users.states.get(ev.user_id)
+        prev_history = list(st.history) if isinstance(st, UserState) else []
+        for user, out, _ in users.event(Incoming.of(ev), 0):
+            if not isinstance(out, Emit):
+                continue
+            st = users.states[user]
+            if keep is not None:
+                keep.append((UserState.from_bytes(st.to_bytes()), out.due.ts))
+            t0 = time.perf_counter()
+            show(st, recommender.rank(st, cat, p, out.due.ts), cat)
+            spent += time.perf_counter() - t0
+            ranked += 1
+            if check_recall and i % every == 0 and st.has_interest:
+                recall += _candidate_recall(st, cat, p, out.due.ts)
+        stats.apply(prev_history, ev.item_id, ev.type, p.weight(ev.type, ev.value), ev.ts)
+    res = {"catalog": cat.size, "rankings": ranked,
+           "rankings_per_s": round(ranked / spent, 1) if spent else None,
+           "ms_per_ranking": round(1000 * spent / max(ranked, 1), 3),
+           "exact": cat.size <= p.exact_max_items}
+    if check_recall:
+        res["candidate_recall_at_10"] = round(recall[0] / recall[1], 4) if recall[1] else None
+        res["ann_recall_at_10"] = round(recall[2] / recall[3], 4) if recall[3] else None
+        res["recall_checks"] = int(recall[1]) // max(p.k, 1)
+    return res
 
-    def build(n: int) -> CatalogIndex:
-        cat = CatalogIndex(vecs.shape[1], capacity=max(n, 1024))
-        for it, v in zip(parsed, vecs):
-            cat.upsert(it.item_id, it.title, v)
-        extra = n - len(parsed)
-        if extra > 0:
-            base = rng.integers(0, len(parsed), extra)
-            noise = rng.standard_normal((extra, vecs.shape[1])).astype(np.float32)
-            derived = vecs[base] + noise * np.float32(0.48 / np.sqrt(vecs.shape[1]))
-            for j in range(extra):
-                cat.upsert(f"derived-{j}", f"{parsed[base[j]].title} #{j}", derived[j])
-        return cat
 
-    def replay(cat: CatalogIndex, check_recall: bool, keep: Optional[list] = None) -> dict:
-        stats = ItemStatistics(cat, p, settings.ranking.max_neighbours)
-        users = InProcessUsers(cat, p)
-        spent, ranked, hits, total, ann_hits, ann_total = 0.0, 0, 0, 0, 0, 0
-        every = max(1, len(evs) // recall_sample)
-        for i, ev in enumerate(evs):
-            step = users.handle(ev)
-            if step.state is not None and step.applied:
-                st = step.state
-                if keep is not None:  # each ranking's input, for the batched measurement
-                    keep.append((UserState.from_bytes(st.to_bytes()), ev.ts))
-                t0 = time.perf_counter()
-                out = recommender.rank(st, cat, p, ev.ts)
-                spent += time.perf_counter() - t0
-                ranked += 1
-                st.shown = [cat.ids[r] for r in out.rows]
-                if check_recall and i % every == 0 and st.has_interest:
-                    exact = recommender.rank(st, cat, p, ev.ts, explain=False, exact=True)
-                    cand = set(recommender.candidate_rows(
-                        st, cat, p, recommender.cooc_scores(st, cat, p)).tolist())
-                    hits += len(set(exact.rows) & cand)
-                    total += len(exact.rows)
-                    found = set(cat.ann_rows(st.centroids, p.ann_candidates,
-                                             p.ann_nprobe).tolist())
-                    content = cat.live_matrix() @ st.centroids.T
-                    for c in range(content.shape[1]):
-                        top = np.argpartition(-content[:, c], 9)[:10]
-                        ann_hits += len(set(top.tolist()) & found)
-                        ann_total += 10
-            stats.apply(list(step.prev_history), ev.item_id, ev.type, step.weight, ev.ts)
-        res = {"catalog": cat.size, "rankings": ranked,
-               "rankings_per_s": round(ranked / spent, 1) if spent else None,
-               "ms_per_ranking": round(1000 * spent / max(ranked, 1), 3),
-               "exact": cat.size <= p.exact_max_items}
-        if check_recall:
-            res["candidate_recall_at_10"] = round(hits / total, 4) if total else None
-            res["ann_recall_at_10"] = round(ann_hits / ann_total, 4) if ann_total else None
-            res["recall_checks"] = total // max(p.k, 1)
-        return res
+def _one_by_one_vs_batched(settings: Settings, cat, requests: list) -> dict:
+    """The same rankings (each user's state after each event, the final catalog statistics)
+    one at a time and in batches of ``ranking.batch_max_users``, as a window ranks them."""
+    from recsys import recommender
+    from recsys.recommender import ModelParams
 
-    requests: list = []
-    small_cat = build(len(parsed))
-    small = replay(small_cat, check_recall=False, keep=requests)
-    _say(f"ranker, {small['catalog']} items, exact: {small['rankings_per_s']} rankings/s")
-    # The same rankings (each user's state after each event, the final catalog statistics),
-    # one at a time and micro-batched as the job does.
-    batch = max(1, settings.ranking.batch_max_users)
+    p, batch = ModelParams.from_settings(settings.ranking), max(1, settings.ranking.batch_max_users)
     t0 = time.perf_counter()
     for st, ts in requests:
-        recommender.rank(st, small_cat, p, ts)
+        recommender.rank(st, cat, p, ts)
     one = time.perf_counter() - t0
     t0 = time.perf_counter()
     for start in range(0, len(requests), batch):
-        recommender.rank_batch(requests[start:start + batch], small_cat, p, chunk=batch)
+        recommender.rank_batch(requests[start:start + batch], cat, p, chunk=batch)
     many = time.perf_counter() - t0
-    small["one_by_one_rankings_per_s"] = round(len(requests) / one, 1) if one else None
-    small["batched_rankings_per_s"] = round(len(requests) / many, 1) if many else None
-    small["batch_users"] = batch
+    return {"one_by_one_rankings_per_s": round(len(requests) / one, 1) if one else None,
+            "batched_rankings_per_s": round(len(requests) / many, 1) if many else None,
+            "batch_users": batch}
+
+
+def catalog_scale(settings: Settings, items: list[dict], events: list[dict],
+                  scale_items: int = 100_000, n_events: int = 2000, seed: int = 0) -> dict:
+    """The ranker in one process (the code the job runs, no Kafka or Flink) on the MovieLens
+    catalog, scored exactly, and on a MovieLens-derived catalog of ``scale_items`` rows,
+    scored through candidate retrieval. Rankings/s over the same ``n_events`` events, and the
+    recall@10 of the candidate stage against exact scoring of the large catalog: the share of
+    the exact top-10 that the candidates contain; ``ann_recall_at_10``: the share of the
+    exact content top-10 (per centroid) that the ANN index returns."""
+    from contracts.messages import parse_event
+    from streamrank.offline import embed_items
+
+    parsed, vecs, _ = embed_items(settings, items)
+    now = int(time.time() * 1000)
+    evs = [parse_event(json.dumps(e).encode(), now_ms=now) for e in events[:n_events]]
+    rng = np.random.default_rng(seed)
+    requests: list = []
+    small_cat = _derived_catalog(parsed, vecs, len(parsed), rng)
+    small = _replay_ranker(settings, small_cat, evs, check_recall=False, keep=requests)
+    _say(f"ranker, {small['catalog']} items, exact: {small['rankings_per_s']} rankings/s")
+    small.update(_one_by_one_vs_batched(settings, small_cat, requests))
     _say(f"ranker, {small['catalog']} items, same {len(requests)} rankings: "
          f"{small['one_by_one_rankings_per_s']}/s one by one, "
-         f"{small['batched_rankings_per_s']}/s in batches of {batch} users")
+         f"{small['batched_rankings_per_s']}/s in batches of {small['batch_users']} users")
     t0 = time.perf_counter()
-    big_cat = build(scale_items)
-    big_cat.ann_rows(vecs[:1], 1, p.ann_nprobe)  # build the index before timing
+    big_cat = _derived_catalog(parsed, vecs, scale_items, rng)
+    big_cat.ann_rows(vecs[:1], 1, settings.ranking.ann_nprobe)  # build the index before timing
     build_s = round(time.perf_counter() - t0, 1)
-    big = replay(big_cat, check_recall=True)
+    big = _replay_ranker(settings, big_cat, evs, check_recall=True)
     big["catalog_and_index_build_s"] = build_s
     _say(f"ranker, {big['catalog']} items, candidates + ANN: {big['rankings_per_s']} "
          f"rankings/s, candidate recall@10 {big['candidate_recall_at_10']}, "

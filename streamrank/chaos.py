@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from contracts.config import REPO_ROOT, Settings
-from contracts.messages import InvalidRecord, parse_event, parse_item
+from contracts.messages import InvalidRecord, parse_event
 from jobs.runtime import free_port
 
 log = logging.getLogger("streamrank.chaos")
@@ -95,36 +95,26 @@ def malformed_records(n: int, rng: random.Random, max_id_length: int = 256,
 def reference_digests(items: list[dict], events: list[dict], settings: Settings,
                       now_ms: Optional[int] = None) -> dict[str, str]:
     """Each user's final ``state_digest`` after ``events``, computed in this process with the
-    ranker's own step (``recommender.observe``) over the same catalog vectors."""
-    import numpy as np
-
-    from recsys.catalog import CatalogIndex
+    ranker's own per-event step (:class:`LocalUsers`) over the same catalog vectors."""
     from recsys.recommender import ModelParams
-    from streamrank.inprocess import InProcessUsers
-    from udfs.embedding import CachedEmbedder
+    from recsys.user_state import UserState
+    from recsys.user_step import Incoming, LocalUsers, StepConfig
+    from streamrank.offline import catalog_of, embed_items
 
     v = settings.validation
     now_ms = now_ms or int(time.time() * 1000)
-    parsed = [parse_item(json.dumps(it).encode(), now_ms=now_ms, max_id_length=v.max_id_length,
-                         max_text_chars=v.max_text_chars) for it in items]
-    embedder = CachedEmbedder.from_settings(settings.model, device="cpu")
-    try:
-        vectors = embedder.embed([it.text() for it in parsed])
-    finally:
-        embedder.close()
-    cat = CatalogIndex()
-    for it, vec in zip(parsed, vectors):
-        # The same float32 bytes the job broadcasts.
-        cat.upsert(it.item_id, it.title, np.frombuffer(np.asarray(vec, np.float32).tobytes(),
-                                                        np.float32))
-    users = InProcessUsers(cat, ModelParams.from_settings(settings.ranking), embedder.model_id)
+    parsed, vectors, model = embed_items(settings, items, now_ms=now_ms)
+    users = LocalUsers(catalog_of(parsed, vectors), ModelParams.from_settings(settings.ranking),
+                       StepConfig.from_settings(settings.ranking), model, explain=False)
     for ev in events:
         try:
-            users.handle(parse_event(json.dumps(ev).encode(), now_ms=now_ms,
-                                     max_id_length=v.max_id_length))
+            parsed_event = parse_event(json.dumps(ev).encode(), now_ms=now_ms,
+                                       max_id_length=v.max_id_length)
         except InvalidRecord:
             continue
-    return {u: st.digest() for u, st in users.users.items()}
+        users.event(Incoming.of(parsed_event), now_ms)
+    users.flush()
+    return {u: st.digest() for u, st in users.states.items() if isinstance(st, UserState)}
 
 
 # -- the run --------------------------------------------------------------------------------

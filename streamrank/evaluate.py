@@ -15,71 +15,125 @@ alone).
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from contracts.config import Settings
 from recsys import metrics, ranking, recommender
 from recsys.catalog import CatalogIndex
-from recsys.item_stats import cooc_context, record_interaction
+from recsys.item_stats import InlineItemStats
 from recsys.recommender import ModelParams
-from recsys.user_state import UserState
-from contracts.config import Settings
-from contracts.messages import parse_item
+from recsys.user_step import Incoming, LocalUsers, StepConfig
+from streamrank.offline import catalog_of, embed_items
 from streamrank.replay import read_events, read_items
 
 METHODS = ("streamrank", "popularity", "embedding", "cooc")
 METRICS = ("hr@10", "ndcg@10", "mrr@10", "coverage", "ild")
 
 
-class ItemStatistics:
-    """What the job's keyed-by-item branch computes (``item_stats.record_interaction``),
-    applied synchronously."""
-
-    def __init__(self, cat: CatalogIndex, p: ModelParams, max_neighbours: int):
-        self.cat, self.p = cat, p
-        self.max_neighbours = max_neighbours
-        self.counts: dict[str, float] = defaultdict(float)
-        self.log_pop: dict[str, float] = defaultdict(lambda: -math.inf)
-        self.cooc: dict[str, dict[str, float]] = defaultdict(dict)
-
-    def apply(self, history: list[str], item_id: str, event_type: str, weight: float,
-              ts: int) -> None:
-        earlier = self.cooc[item_id]
-        updated = record_interaction(self.log_pop[item_id], self.counts[item_id], earlier,
-                                     event_type, weight, ts, cooc_context(history, item_id),
-                                     self.p, self.max_neighbours)
-        if updated is None:
-            return
-        self.log_pop[item_id], self.counts[item_id], changed = updated
-        self.cat.set_popularity(item_id, self.log_pop[item_id], self.counts[item_id])
-        if changed:
-            self.cat.set_cooccurrence(item_id, earlier, changed=changed,
-                                      max_neighbours=self.max_neighbours)
-
-
-def embed_items(settings: Settings, items: list[dict]) -> tuple[list, np.ndarray]:
-    """The dataset's items parsed as the job parses them, and their vectors (through the
-    embedding cache: the model runs only for texts not cached yet)."""
-    from udfs.embedding import CachedEmbedder
-
-    now = int(time.time() * 1000)
-    parsed = [parse_item(json.dumps(it).encode(), now_ms=now) for it in items]
-    emb = CachedEmbedder.from_settings(settings.model)
-    try:
-        return parsed, emb.embed([it.text() for it in parsed])
-    finally:
-        emb.close()
-
-
 def _progress(total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="eval", unit="ev", mininterval=1.0)
+
+
+class Prequential:
+    """The replay: per event, score every method's list for the user (positive events of
+    catalog items), then apply the event to the users (the job's per-event step,
+    :class:`LocalUsers`), to the embedding baseline and to the item statistics."""
+
+    def __init__(self, settings: Settings, cat: CatalogIndex, model: str, methods: tuple,
+                 mirror_job: bool):
+        self.p = p = ModelParams.from_settings(settings.ranking)
+        self.cat, self.methods, self.mirror_job = cat, methods, mirror_job
+        self.mat = cat.live_matrix()
+        # Mirroring the job: rank after every event, as the job does with one ranking per
+        # event; otherwise the list before each event is what is scored and shown.
+        self.users = LocalUsers(cat, p, StepConfig.from_settings(settings.ranking).per_event(),
+                                model, explain=False, rank=mirror_job)
+        self.stats = InlineItemStats(cat, p, settings.ranking.max_neighbours)
+        self.single: dict[str, np.ndarray] = {}  # the embedding baseline's one vector per user
+        self.last_ts: dict[str, int] = {}
+        self.sums = {m: dict.fromkeys(("hr@10", "ndcg@10", "mrr@10", "ild"), 0.0)
+                     for m in methods}
+        self.recommended = {m: set() for m in methods}
+        self.n_eval = 0
+
+    def event(self, ev: dict) -> None:
+        p, cat = self.p, self.cat
+        user, item, ts = ev["user_id"], ev["item_id"], ev["ts"]
+        weight = p.weight(ev["type"], ev.get("value"))
+        st = self.users.state_of(user)
+        target = cat.row.get(item)
+        positive = (ev.get("value") or 0) >= 4 if ev["type"] == "rating" else weight > 0
+        cooc, sr_rows = None, []
+        if target is not None and (positive or weight > 0):
+            cooc = recommender.cooc_scores(st, cat, p)
+        if "streamrank" in self.methods and target is not None and (positive or weight > 0):
+            if not self.mirror_job:
+                # What the user was shown before this event: the job emitted it after the
+                # user's previous event. Both the evaluated list and the learner's negatives.
+                sr_rows = recommender.rank(st, cat, p, ts, explain=False, cooc=cooc).rows
+                st.shown = [cat.ids[r] for r in sr_rows]
+            elif positive:
+                sr_rows = [cat.row[x] for x in st.shown if x in cat.row]
+        if positive and target is not None:
+            self._score(user, st, target, sr_rows, cooc)
+        # Apply the event to the user, then to the item statistics (with the user's history
+        # before this event): in the job the statistics reach the ranker by broadcast, after
+        # the ranker has handled the event itself.
+        prev_history = list(st.history)
+        if target is not None:
+            vec = self.single.get(user)
+            base = vec if vec is not None else np.zeros(cat.dim, np.float32)
+            self.single[user] = ranking.update_interest(
+                base, cat.vector(item), weight, ts - self.last_ts.get(user, ts), p.alpha,
+                p.half_life_ms)
+        self.users.event(Incoming(user, item, ev["type"], ts, ev.get("value"),
+                                  ev.get("event_id") or ""), now_ms=0,
+                         cooc=None if self.mirror_job else cooc)
+        self.stats.apply(prev_history, item, ev["type"], weight, ts)
+        self.last_ts[user] = ts
+
+    def _score(self, user: str, st, target: int, sr_rows: list[int], cooc) -> None:
+        cat, k = self.cat, self.p.k
+        self.n_eval += 1
+        exclude = cat.exclusion_mask(st.seen)
+        for m in self.methods:
+            if m == "streamrank":
+                rows = sr_rows
+            elif m == "popularity":
+                rows = ranking.top_k(cat.counts().astype(float), k, exclude).tolist()
+            elif m == "embedding":
+                vec = self.single.get(user)
+                s = (ranking.cosine_scores(vec, self.mat) if vec is not None
+                     else cat.counts().astype(float))
+                rows = ranking.top_k(s, k, exclude).tolist()
+            else:  # cooc alone, popularity only to break ties
+                rows = ranking.top_k(cooc + 1e-9 * cat.counts(), k, exclude).tolist()
+            acc = self.sums[m]
+            acc["hr@10"] += metrics.hit_at_k(rows, target, k)
+            acc["ndcg@10"] += metrics.ndcg_at_k(rows, target, k)
+            acc["mrr@10"] += metrics.reciprocal_rank(rows, target, k)
+            acc["ild"] += metrics.intra_list_diversity(self.mat[rows])
+            self.recommended[m].update(rows)
+
+    def hit_rate(self, m: str) -> float:
+        return self.sums[m]["hr@10"] / max(self.n_eval, 1)
+
+    def summary(self) -> dict:
+        out = {}
+        for m in self.methods:
+            s, n = self.sums[m], max(self.n_eval, 1)
+            out[m] = {"hr@10": round(s["hr@10"] / n, 4), "ndcg@10": round(s["ndcg@10"] / n, 4),
+                      "mrr@10": round(s["mrr@10"] / n, 4),
+                      "coverage": round(metrics.catalog_coverage(self.recommended[m],
+                                                                 self.cat.size), 4),
+                      "ild": round(s["ild"] / n, 4)}
+        return out
 
 
 def run_eval(settings: Settings, data_dir: str, limit: Optional[int] = None,
@@ -94,118 +148,33 @@ def run_eval(settings: Settings, data_dir: str, limit: Optional[int] = None,
     """
     from udfs.warmup import warm_cache
 
-    p = ModelParams.from_settings(settings.ranking)
-    k = p.k
     items = read_items(data_dir)
     events = read_events(data_dir, limit=limit)
     warm_cache(items, settings.model, progress=progress)
-    parsed, vectors = embed_items(settings, items)
-    cat = CatalogIndex(dim=vectors.shape[1], capacity=len(parsed))
-    for it, vec in zip(parsed, vectors):
-        cat.upsert(it.item_id, it.title, vec)
-    mat = cat.live_matrix()
-
-    stats = ItemStatistics(cat, p, settings.ranking.max_neighbours)
-    users: dict[str, UserState] = {}
-    single: dict[str, np.ndarray] = {}  # the embedding baseline's one vector per user
-    last_ts: dict[str, int] = {}
-    sums = {m: dict.fromkeys(("hr@10", "ndcg@10", "mrr@10", "ild"), 0.0) for m in methods}
-    recommended = {m: set() for m in methods}
+    parsed, vectors, model = embed_items(settings, items)
+    replay = Prequential(settings, catalog_of(parsed, vectors), model, methods, mirror_job)
     curve = {m: [] for m in methods}
-    n_eval = 0
-    last_index = {ev["user_id"]: i for i, ev in enumerate(events)} if mirror_job else {}
-    final_rankings: dict[str, list[str]] = {}
     mark_every = max(1, len(events) // checkpoints)
     bar = _progress(len(events)) if progress else None
     t0 = time.perf_counter()
     for idx, ev in enumerate(events):
-        user, item, ts = ev["user_id"], ev["item_id"], ev["ts"]
-        weight = p.weight(ev["type"], ev.get("value"))
-        st = users.get(user) or UserState.empty(cat.dim)
-        target_row = cat.row.get(item)
-        positive = (ev.get("value") or 0) >= 4 if ev["type"] == "rating" else weight > 0
-        sr_rows: list[int] = []
-        cooc = None
-        if target_row is not None and (positive or weight > 0):
-            cooc = recommender.cooc_scores(st, cat, p)
-        if ("streamrank" in methods and target_row is not None and (positive or weight > 0)
-                and not mirror_job):
-            # What the user was shown before this event: the job emitted it after the user's
-            # previous event. It is both the evaluated list and the learner's negatives.
-            sr_rows = recommender.rank(st, cat, p, ts, explain=False, cooc=cooc).rows
-            st.shown = [cat.ids[r] for r in sr_rows]
-        elif positive and target_row is not None and "streamrank" in methods:
-            sr_rows = [cat.row[x] for x in st.shown if x in cat.row]
-        if positive and target_row is not None:
-            n_eval += 1
-            exclude = cat.exclusion_mask(st.seen)
+        replay.event(ev)
+        if (idx + 1) % mark_every == 0 and replay.n_eval:
             for m in methods:
-                if m == "streamrank":
-                    rows = sr_rows
-                elif m == "popularity":
-                    rows = ranking.top_k(cat.counts().astype(float), k, exclude).tolist()
-                elif m == "embedding":
-                    vec = single.get(user)
-                    s = (ranking.cosine_scores(vec, mat) if vec is not None
-                         else cat.counts().astype(float))
-                    rows = ranking.top_k(s, k, exclude).tolist()
-                else:  # cooc alone, popularity only to break ties
-                    s = cooc + 1e-9 * cat.counts()
-                    rows = ranking.top_k(s, k, exclude).tolist()
-                acc = sums[m]
-                acc["hr@10"] += metrics.hit_at_k(rows, target_row, k)
-                acc["ndcg@10"] += metrics.ndcg_at_k(rows, target_row, k)
-                acc["mrr@10"] += metrics.reciprocal_rank(rows, target_row, k)
-                acc["ild"] += metrics.intra_list_diversity(mat[rows])
-                recommended[m].update(rows)
-        # Apply the event to the user, then to the item statistics (with the user's history
-        # before this event): in the job the statistics reach the ranker by broadcast, after
-        # the ranker has handled the event itself.
-        prev_history = list(st.history)
-        if target_row is not None:
-            if "streamrank" in methods:
-                recommender.apply_event(st, cat, p, item, weight, ts,
-                                        cooc=None if mirror_job else cooc)
-            vec = single.get(user)
-            base = vec if vec is not None else np.zeros(cat.dim, np.float32)
-            single[user] = ranking.update_interest(
-                base, cat.vector(item), weight, ts - last_ts.get(user, ts), p.alpha,
-                p.half_life_ms)
-        st.mark_seen(item, p.max_seen, p.history_size)
-        if mirror_job and "streamrank" in methods:
-            st.shown = [cat.ids[r] for r in recommender.rank(st, cat, p, ts, explain=False).rows]
-            if last_index[user] == idx:
-                final_rankings[user] = list(st.shown)
-        stats.apply(prev_history, item, ev["type"], weight, ts)
-        users[user] = st
-        last_ts[user] = ts
-        if (idx + 1) % mark_every == 0 and n_eval:
-            for m in methods:
-                curve[m].append((idx + 1, sums[m]["hr@10"] / n_eval))
+                curve[m].append((idx + 1, replay.hit_rate(m)))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    seconds = time.perf_counter() - t0
-
-    result = {"dataset": str(data_dir), "events": len(events), "evaluated": n_eval,
-              "seconds": round(seconds, 1), "methods": {}}
-    for m in methods:
-        s = sums[m]
-        result["methods"][m] = {
-            "hr@10": round(s["hr@10"] / max(n_eval, 1), 4),
-            "ndcg@10": round(s["ndcg@10"] / max(n_eval, 1), 4),
-            "mrr@10": round(s["mrr@10"] / max(n_eval, 1), 4),
-            "coverage": round(metrics.catalog_coverage(recommended[m], cat.size), 4),
-            "ild": round(s["ild"] / max(n_eval, 1), 4),
-        }
+    result = {"dataset": str(data_dir), "events": len(events), "evaluated": replay.n_eval,
+              "seconds": round(time.perf_counter() - t0, 1), "methods": replay.summary()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps({**result, "curve": curve}, indent=2))
     _plot(curve, out / "eval.png", result)
     result["json"], result["plot"] = str(out / "eval.json"), str(out / "eval.png")
     if mirror_job:
-        result["final_rankings"] = final_rankings
+        result["final_rankings"] = {u: list(st.shown) for u, st in replay.users.states.items()}
     return result
 
 

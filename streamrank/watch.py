@@ -147,8 +147,9 @@ class RankingsReader(TopicReader):
                 return
             rec = json.loads(value)
             self.latest[rec["user_id"]] = rec
-            if rec.get("event_id"):
-                self.by_event[rec["event_id"]].append(received_ms)
+            for event_id in rec.get("event_ids") or [rec.get("event_id")]:
+                if event_id:  # every event the ranking covers
+                    self.by_event[event_id].append(received_ms)
 
     def count_ranked(self, event_ids: list[str]) -> int:
         """How many of ``event_ids`` have at least one ranking."""

@@ -101,8 +101,9 @@ def test_model_swap_keeps_rankings_flowing_and_switches_once(kafka_bootstrap, tm
         assert h.wait_ranked(ids, timeout_s=240) == len(ids), "an event lost its ranking"
         by_event = {}
         for r in h.rankings.values():
-            if r.get("event_id", "").startswith("s-"):
-                by_event.setdefault(r["event_id"], []).append(r)
+            for e in r.get("event_ids") or []:
+                if e.startswith("s-"):
+                    by_event.setdefault(e, []).append(r)
     assert all(len(by_event[e]) == 1 for e in ids), "an event ranked twice"
     models = [by_event[e][0]["model"] for e in ids]
     old, new = models[0], models[-1]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from recsys.catalog import CatalogIndex
-from recsys.user_state import PendingEvent, UserState
+from recsys.user_state import Due, PendingEvent, UserState
 
 pytestmark = pytest.mark.unit
 
@@ -28,8 +28,8 @@ def test_user_state_roundtrip_is_compact_and_exact():
         (7, st.last_ts, ["a"], ["a"], ["x", "y"])
     assert back.pending == [PendingEvent("zz", -0.5, 123, "e1")]
     assert back.due is None
-    st.due = ("e2", 456)  # applied, ranking not emitted yet (micro-batching)
-    assert UserState.from_bytes(st.to_bytes()).due == ("e2", 456)
+    st.due = Due(["e2", "e3"], 456)  # applied, their ranking not emitted yet
+    assert UserState.from_bytes(st.to_bytes()).due == Due(["e2", "e3"], 456)
     fresh = UserState.from_bytes(UserState.empty(8).to_bytes())
     assert fresh.weights is None and not fresh.has_interest
 

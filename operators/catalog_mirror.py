@@ -1,0 +1,153 @@
+"""The ranker's copy of the catalog: what arrives by broadcast (item vectors, deletions, item
+statistics, co-occurrence neighbours), kept both in broadcast state (for checkpoints) and in
+:class:`CatalogIndex` objects (for scoring), with the switch to a new embedding model.
+
+While a new model's vectors arrive, they fill a staging catalog beside the active one;
+rankings keep using the active catalog until the staging one holds every live item, then
+switch at once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from operators.codecs import STATS, pack_catalog_entry, unpack_catalog_entry
+from operators.types import (CATALOG_STATE, MODELS_STATE, NEIGHBOURS_STATE, POPULARITY_STATE,
+                             STAGING_STATE)
+from recsys.catalog import CatalogIndex
+from recsys.item_stats import unpack_counts
+
+log = logging.getLogger("streamrank.operators")
+
+
+class CatalogMirror:
+    def __init__(self, model_id: str, max_neighbours: int):
+        self.model_id = model_id  # the configured model, until the catalog names one
+        self.max_neighbours = max_neighbours
+        self.catalog = CatalogIndex()  # the active model's catalog: what rankings use
+        self.active_model: str | None = None
+        self.staging: CatalogIndex | None = None  # a new model's catalog while it fills up
+        self.staging_model: str | None = None
+        self.missing: set[str] = set()  # active items the staging catalog still lacks
+        self.restored = False
+
+    @property
+    def model(self) -> str:
+        return self.active_model or self.model_id
+
+    def catalogs(self) -> list[CatalogIndex]:
+        return [self.catalog] + ([self.staging] if self.staging is not None else [])
+
+    def restore(self, ctx) -> None:
+        """After a restore the broadcast state holds the catalog(s); rebuild the indexes
+        (once, on the first element or timer)."""
+        if self.restored:
+            return
+        self.restored = True
+        models = ctx.get_broadcast_state(MODELS_STATE)
+        self.active_model = models.get("active")
+        self.staging_model = models.get("staging")
+        n = 0
+        for item_id, packed in ctx.get_broadcast_state(CATALOG_STATE).items():
+            self.catalog.upsert(item_id, *unpack_catalog_entry(packed))
+            n += 1
+        if self.staging_model:
+            self._start_staging(self.staging_model)
+            for item_id, packed in ctx.get_broadcast_state(STAGING_STATE).items():
+                self.staging.upsert(item_id, *unpack_catalog_entry(packed))
+                self.missing.discard(item_id)
+        for item_id, packed in ctx.get_broadcast_state(POPULARITY_STATE).items():
+            for cat in self.catalogs():
+                cat.set_popularity(item_id, *STATS.unpack(packed))
+        for item_id, encoded in ctx.get_broadcast_state(NEIGHBOURS_STATE).items():
+            for cat in self.catalogs():
+                cat.set_cooccurrence(item_id, unpack_counts(encoded),
+                                     max_neighbours=self.max_neighbours)
+        if n:
+            log.info("rank-users restored a catalog of %d items (model %s) from state", n,
+                     self.active_model)
+
+    def apply(self, update, ctx) -> None:
+        """One broadcast update: ``item``, ``delete``, ``pop`` or ``nbrs``."""
+        kind, item_id = update["kind"], update["item_id"]
+        if kind == "item":
+            self._item(update, ctx)
+        elif kind == "delete":
+            self._delete(item_id, ctx)
+        elif not self._in_catalog(item_id):
+            pass  # the item branch broadcasts catalog items only; never keep anything else
+        elif kind == "pop":
+            for cat in self.catalogs():
+                cat.set_popularity(item_id, update["log_pop"], update["count"])
+            ctx.get_broadcast_state(POPULARITY_STATE).put(
+                item_id, STATS.pack(update["log_pop"], update["count"]))
+        elif kind == "nbrs":
+            for cat in self.catalogs():  # each catalog its own dict: they are kept
+                cat.set_cooccurrence(item_id, unpack_counts(update["neighbours"]),
+                                     max_neighbours=self.max_neighbours)
+            ctx.get_broadcast_state(NEIGHBOURS_STATE).put(item_id, bytes(update["neighbours"]))
+
+    def _item(self, update, ctx) -> None:
+        item_id, model = update["item_id"], update["model"] or self.model_id
+        vec = np.frombuffer(bytes(update["vector"]), dtype=np.float32)
+        packed = pack_catalog_entry(update["title"], update["vector"])
+        if self.active_model is None:
+            self.active_model = model
+            ctx.get_broadcast_state(MODELS_STATE).put("active", model)
+        if model == self.active_model:
+            self.catalog.upsert(item_id, update["title"], vec)
+            ctx.get_broadcast_state(CATALOG_STATE).put(item_id, packed)
+            return
+        if model != self.staging_model:
+            self._start_staging(model)
+            ctx.get_broadcast_state(STAGING_STATE).clear()
+            ctx.get_broadcast_state(MODELS_STATE).put("staging", model)
+        self.staging.upsert(item_id, update["title"], vec)
+        ctx.get_broadcast_state(STAGING_STATE).put(item_id, packed)
+        self.missing.discard(item_id)
+        if not self.missing:
+            self._switch_model(ctx)
+
+    def _delete(self, item_id: str, ctx) -> None:
+        for cat in self.catalogs():
+            cat.delete(item_id)
+        for descriptor in (CATALOG_STATE, POPULARITY_STATE, NEIGHBOURS_STATE):
+            ctx.get_broadcast_state(descriptor).remove(item_id)
+        if self.staging is not None:
+            ctx.get_broadcast_state(STAGING_STATE).remove(item_id)
+            self.missing.discard(item_id)
+            if not self.missing and len(self.staging):
+                self._switch_model(ctx)
+
+    def _in_catalog(self, item_id: str) -> bool:
+        return any(item_id in cat.row and not cat.is_deleted(item_id)
+                   for cat in self.catalogs())
+
+    def _start_staging(self, model: str) -> None:
+        """A new model's vectors start arriving: build its catalog beside the active one,
+        with the item statistics known so far."""
+        self.staging_model = model
+        self.staging = CatalogIndex()
+        old = self.catalog
+        for r, item_id in enumerate(old.ids[: old.size]):
+            self.staging.set_popularity(item_id, float(old.log_pop[r]), float(old.count[r]))
+        self.staging.copy_cooccurrence(old)
+        self.missing = {i for i in old.ids[: old.size] if old.vector(i) is not None}
+        log.info("rank-users: model swap %s -> %s started (%d items to re-embed)",
+                 self.active_model, model, len(self.missing))
+
+    def _switch_model(self, ctx) -> None:
+        log.info("rank-users: catalog of model %s complete (%d items); rankings switch from "
+                 "%s", self.staging_model, len(self.staging), self.active_model)
+        self.catalog, self.active_model = self.staging, self.staging_model
+        self.staging, self.staging_model, self.missing = None, None, set()
+        active, staging = ctx.get_broadcast_state(CATALOG_STATE), \
+            ctx.get_broadcast_state(STAGING_STATE)
+        active.clear()
+        active.put_all({k: v for k, v in staging.items()})
+        staging.clear()
+        models = ctx.get_broadcast_state(MODELS_STATE)
+        models.put("active", self.active_model)
+        models.remove("staging")
