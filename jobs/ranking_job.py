@@ -72,11 +72,10 @@ def create_environment(settings: Settings) -> tuple[StreamExecutionEnvironment,
     return env, StreamTableEnvironment.create(env)
 
 
-def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment,
-                   settings: Settings) -> None:
-    """Wire sources, operators and sinks into ``env`` (execution is the caller's)."""
+def catalog_streams(t_env: StreamTableEnvironment, settings: Settings):
+    """The items topic, parsed; the embedded catalog updates; the items that could not be
+    embedded, as dead letters."""
     kafka, topics = settings.kafka, settings.kafka.topics
-    model_id = model_id_for(settings.model.name_or_path, settings.model.precision)
     buckets = EMBED_BUCKETS_PER_SUBTASK * settings.flink.parallelism
 
     items = (
@@ -101,6 +100,15 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     embed_dlq = (embedded.filter(lambda u: u["kind"] == DEAD_LETTER_KIND).start_new_chain()
                  .map(lambda u: Row(u["vector"]), output_type=VALUE_RECORD_TYPE)
                  .name("embedding-dlq"))
+    return items, catalog, embed_dlq
+
+
+def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment,
+                   settings: Settings) -> None:
+    """Wire sources, operators and sinks into ``env`` (execution is the caller's)."""
+    kafka, topics = settings.kafka, settings.kafka.topics
+    model_id = model_id_for(settings.model.name_or_path, settings.model.precision)
+    items, catalog, embed_dlq = catalog_streams(t_env, settings)
     events = (
         kafka_io.source_stream(t_env, kafka, topics.events, "events_source")
         .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
@@ -129,7 +137,14 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
                  output_type=KEYED_RECORD_TYPE)
         .name("rank-users").uid("rank-users")
     )
+    write_outputs(t_env, settings, rankings, events, items, embed_dlq)
 
+
+def write_outputs(t_env: StreamTableEnvironment, settings: Settings, rankings, events, items,
+                  embed_dlq) -> None:
+    """Rankings to their topic; dead letters of events (parsing, the ranker) and of items
+    (parsing, embedding) to theirs."""
+    kafka, topics = settings.kafka, settings.kafka.topics
     statements = t_env.create_statement_set()
     statements.add_insert(
         kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),

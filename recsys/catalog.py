@@ -37,7 +37,7 @@ class CatalogIndex:
         # counts are summed from (see set_cooccurrence).
         self.neighbours: dict[str, dict[str, float]] = {}
         self.earlier: dict[str, dict[str, float]] = {}
-        self._nbr_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._nbr_arrays: dict[str, "_NeighbourArrays"] = {}
         self._n = 0
         self._free: list[int] = []  # deleted rows a new item may take over
         # Recently deleted ids (after their row is taken over too), oldest first, bounded.
@@ -210,9 +210,13 @@ class CatalogIndex:
                         keep = sorted(nbrs.items(), key=lambda kv: -kv[1])[:max_neighbours]
                         nbrs.clear()
                         nbrs.update(keep)
-                elif nbrs is not None:
-                    nbrs.pop(b, None)
-                self._nbr_arrays.pop(a, None)
+                        self._nbr_arrays.pop(a, None)  # a new order: rebuilt when next used
+                    else:
+                        self._patch_arrays(a, b, total, nbrs)
+                else:
+                    if nbrs is not None:
+                        nbrs.pop(b, None)
+                    self._nbr_arrays.pop(a, None)
 
     def _complete_pairs(self, item_id: str) -> None:
         """A new item: build its neighbour list from the halves that counted it while it was
@@ -234,8 +238,26 @@ class CatalogIndex:
         self.neighbours = {k: dict(v) for k, v in other.neighbours.items()}
         self._nbr_arrays.clear()
 
+    def _patch_arrays(self, a: str, b: str, total: float, nbrs: dict) -> None:
+        """Keep ``a``'s cached neighbour arrays in step with one changed count, in place:
+        the same arrays, in the same order (the dict's), as a rebuild would give, without
+        rebuilding a popular item's list at every event."""
+        cached = self._nbr_arrays.get(a)
+        if cached is None:
+            return
+        slot = cached.slot.get(b)
+        if slot is not None:
+            cached.counts[slot] = total
+        elif b not in nbrs or len(nbrs) != cached.size + cached.unknown + 1:
+            self._nbr_arrays.pop(a, None)  # a known id's count, not in the arrays: rebuild
+        elif b in self.row:
+            cached.append(self.row[b], total, b)
+        else:
+            cached.unknown += 1
+
     def neighbour_arrays(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, counts) of an item's known neighbours that are in the catalog."""
+        """(rows, counts) of an item's known neighbours that are in the catalog, in the order
+        of its neighbour dict."""
         cached = self._nbr_arrays.get(item_id)
         if cached is None:
             nbrs = self.neighbours.get(item_id, {})
@@ -243,10 +265,10 @@ class CatalogIndex:
             rows = np.array([get(y, -1) for y in nbrs], dtype=np.int64)
             counts = np.array(list(nbrs.values()), dtype=np.float64)
             known = rows >= 0
-            if not known.all():
-                rows, counts = rows[known], counts[known]
-            cached = self._nbr_arrays[item_id] = (rows, counts)
-        return cached
+            ids = [y for y, k in zip(nbrs, known.tolist()) if k]
+            cached = self._nbr_arrays[item_id] = _NeighbourArrays(
+                rows[known], counts[known], ids, int((~known).sum()))
+        return cached.rows[:cached.size], cached.counts[:cached.size]
 
     MAX_GONE = 100_000
 
@@ -325,3 +347,27 @@ class CatalogIndex:
         rows = np.unique(np.concatenate(picks)) if picks else np.empty(0, np.int64)
         self._popular = (self._stats_version, n, rows)
         return rows
+
+
+class _NeighbourArrays:
+    """An item's neighbours as growable (rows, counts) arrays for vectorised scoring, with
+    each neighbour id's slot so that a changed count is patched in place."""
+
+    __slots__ = ("rows", "counts", "size", "slot", "unknown")
+
+    def __init__(self, rows: np.ndarray, counts: np.ndarray, ids: list[str], unknown: int):
+        self.size = len(ids)
+        cap = max(8, 2 * self.size)
+        self.rows = np.zeros(cap, np.int64)
+        self.counts = np.zeros(cap, np.float64)
+        self.rows[: self.size], self.counts[: self.size] = rows, counts
+        self.slot = {y: i for i, y in enumerate(ids)}
+        self.unknown = unknown  # neighbour ids not in the catalog (not in the arrays)
+
+    def append(self, row: int, count: float, item_id: str) -> None:
+        if self.size == self.rows.shape[0]:
+            self.rows = np.concatenate([self.rows, np.zeros(self.size, np.int64)])
+            self.counts = np.concatenate([self.counts, np.zeros(self.size)])
+        self.rows[self.size], self.counts[self.size] = row, count
+        self.slot[item_id] = self.size
+        self.size += 1

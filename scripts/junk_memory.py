@@ -43,6 +43,34 @@ def rss_mib(pid: int) -> float:
     return sum(int(x) for x in out.split()) / 1024
 
 
+def send_round(r: int, args, producer, topic: str, rng, proc, rankings, dlq, items,
+               samples: list, t0: float) -> dict:
+    """One round of junk events, then a probe event; waits until the probe is ranked (every
+    junk event before it is handled), sampling the job's RSS."""
+    start = last = time.monotonic()
+    for i in range(args.events):
+        user = f"junk-user-{rng.randrange(args.users)}"
+        ev = {"event_id": f"j{r}-{i}", "user_id": user, "type": "click",
+              "item_id": f"junk-{rng.getrandbits(64):016x}", "ts": int(time.time() * 1000)}
+        producer.send(topic, key=user.encode(), value=json.dumps(ev).encode())
+        if time.monotonic() - last >= args.every:
+            last = time.monotonic()
+            samples.append((round(last - t0, 1), i, rss_mib(proc.proc.pid)))
+    probe = f"probe-{r}"
+    producer.send(topic, key=b"probe", value=json.dumps(
+        {"event_id": probe, "user_id": "probe", "item_id": items[0]["item_id"],
+         "type": "click", "ts": int(time.time() * 1000)}).encode())
+    producer.flush()
+    while not rankings.by_event.get(probe):
+        proc.check()
+        time.sleep(args.every)
+        samples.append((round(time.monotonic() - t0, 1), args.events, rss_mib(proc.proc.pid)))
+        print(f"round {r + 1}: t={samples[-1][0]}s rss={samples[-1][2]:.0f} MiB "
+              f"dlq={dlq.count()}", flush=True)
+    return {"round": r + 1, "events_per_s": round(args.events / (time.monotonic() - start), 1),
+            "rss_mib_end": round(samples[-1][2]), "dlq_so_far": dlq.count()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
@@ -68,39 +96,10 @@ def main() -> None:
         produce(producer, settings.kafka.topics.items, items, "item_id", progress=False)
         wait_for_catalog(producer, settings, rankings, items[-1]["item_id"], len(items),
                          job=proc, timeout_s=300)
-        rng = random.Random(1)
-        topic = settings.kafka.topics.events
-        t0 = time.monotonic()
+        rng, t0 = random.Random(1), time.monotonic()
         samples = [(0.0, 0, rss_mib(proc.proc.pid))]
-        rounds = []
-        for r in range(args.rounds):
-            start = time.monotonic()
-            last = start
-            for i in range(args.events):
-                user = f"junk-user-{rng.randrange(args.users)}"
-                ev = {"event_id": f"j{r}-{i}", "user_id": user, "type": "click",
-                      "item_id": f"junk-{rng.getrandbits(64):016x}",
-                      "ts": int(time.time() * 1000)}
-                producer.send(topic, key=user.encode(), value=json.dumps(ev).encode())
-                if time.monotonic() - last >= args.every:
-                    last = time.monotonic()
-                    samples.append((round(last - t0, 1), i, rss_mib(proc.proc.pid)))
-            probe = f"probe-{r}"
-            producer.send(topic, key=b"probe", value=json.dumps(
-                {"event_id": probe, "user_id": "probe", "item_id": items[0]["item_id"],
-                 "type": "click", "ts": int(time.time() * 1000)}).encode())
-            producer.flush()
-            while not rankings.by_event.get(probe):  # every junk event before it is handled
-                proc.check()
-                time.sleep(args.every)
-                samples.append((round(time.monotonic() - t0, 1), args.events,
-                                rss_mib(proc.proc.pid)))
-                print(f"round {r + 1}: t={samples[-1][0]}s rss={samples[-1][2]:.0f} MiB "
-                      f"dlq={dlq.count()}", flush=True)
-            seconds = time.monotonic() - start
-            rounds.append({"round": r + 1, "events_per_s": round(args.events / seconds, 1),
-                           "rss_mib_end": round(samples[-1][2]),
-                           "dlq_so_far": dlq.count()})
+        rounds = [send_round(r, args, producer, settings.kafka.topics.events, rng, proc,
+                             rankings, dlq, items, samples, t0) for r in range(args.rounds)]
         print(json.dumps({"events_per_round": args.events, "users": args.users,
                           "rss_mib_before": round(samples[0][2]), "rounds": rounds}))
         rankings.close()

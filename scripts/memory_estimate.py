@@ -26,11 +26,9 @@ from contracts.config import load_settings
 from streamrank.replay import read_events, read_items
 
 
-def main(data_dir: str) -> None:
-    settings = load_settings(environ={})
-    p = ModelParams.from_settings(settings.ranking)
-    items = read_items(data_dir)
-    events = read_events(data_dir)
+def replay(settings, p: ModelParams, items: list, events: list):
+    """The dataset through the item branch's and the ranker's state (random vectors):
+    the catalog, the item records, the users, and the catalog's Python heap in bytes."""
     rng = np.random.default_rng(0)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
@@ -63,6 +61,14 @@ def main(data_dir: str) -> None:
         users[user] = st
     heap = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
+    return cat, records, users, heap
+
+
+def main(data_dir: str) -> None:
+    settings = load_settings(environ={})
+    p = ModelParams.from_settings(settings.ranking)
+    events = read_events(data_dir)
+    cat, records, users, heap = replay(settings, p, read_items(data_dir), events)
     n_items = len(cat)
     for st in users.values():  # a typical interest state: 4 centroids, learned weights
         st.centroids = np.ones((4, 384), np.float32)

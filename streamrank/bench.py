@@ -5,19 +5,25 @@ One invocation, phases run one after the other so they do not compete for the co
 1. **throughput**: the job (MiniCluster, ``--parallelism``; or, with ``--taskmanagers N``, a
    standalone cluster of N one-slot TaskManagers at parallelism N: each TaskManager has its
    own Python interpreter, which is how the job scales out) with the catalog loaded and cached;
-   ``--events`` events produced at once; events/s = events / (last ranking received - first
-   event sent);
-2. **latency**: ``--latency-events`` more events at a fixed ``--rate``; produce -> ranking
-   received percentiles;
+   ``--events`` events produced at once, (a) in time order (people rate in bursts: most
+   consecutive events are the same user's) and (b) ``--events`` more, interleaved so that
+   consecutive events come from different users (each window ranks many users); events/s =
+   events / (last ranking received - first event sent), and the rankings it took;
+2. **latency**: ``--latency-events`` more events at a fixed ``--rate``, then ~20 s at half the
+   measured throughput; from each event's production to the first ranking that covers it,
+   percentiles;
 3. **plain loop**: one Python process, kafka-python + numpy, reading the same ``items`` and
-   ``events`` topics and doing the same ranking math (the same ``recommender`` functions,
-   with the item statistics and co-occurrence computed inline as the job's item branch does),
-   writing rankings to its own topic; events/s over all the events;
+   ``events`` topics and running the same per-event step with the same per-window
+   coalescing (``recsys.user_step.LocalUsers``), the item statistics inline, writing
+   rankings to its own topic; events/s over all the events;
 4. **embedding**: texts/s of the configured model at fp32, bf16 and int8 (CPU), with the fast
-   paths' mean cosine to fp32.
+   paths' mean cosine to fp32;
+5. **scale**: the ranker alone on the catalog, exact, and on a derived catalog of
+   ``--scale-items`` rows through candidates + ANN.
 
 Writes ``bench.json`` and ``bench.png`` under ``--out``; the last line printed is one JSON
-object with ``events_per_s``, ``loop_events_per_s``, ``ratio_vs_loop``, ``p50_ms``,
+object with ``events_per_s``, ``interleaved_events_per_s``, ``loop_events_per_s``,
+``ratio_vs_loop``, ``p50_ms``,
 ``p95_ms``, ``p99_ms``, ``catalog``, ``parallelism`` and more.
 """
 
@@ -356,24 +362,28 @@ class ClusterJob:
             self.cluster.down()
 
 
-def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
-              latency_events: int = 3000, rate: float = 2000.0, parallelism: int = 1,
-              embed_texts: int = 512, out_dir: str = ".run/bench",
-              skip_embedding: bool = False, scale_items: int = 100_000,
-              taskmanagers: int = 0) -> dict:
-    from streamrank.kafka_local import LocalBroker, create_topics
-    from contracts.messages import parse_item
-    from streamrank.replay import make_producer, produce, read_events, read_items
-    from jobs.runtime import prepare_process_environment
-    from streamrank.watch import JobProcess, RankingsReader, wait_for_catalog
-    from udfs.warmup import warm_cache
+def interleaved(events: list[dict], prefix: str) -> list[dict]:
+    """The same events reordered so that consecutive events come from different users (each
+    user's own events still in time order): round robin over the users. Renamed with
+    ``prefix`` so that they are told apart from the time-ordered copy."""
+    by_user: dict[str, list[dict]] = {}
+    for e in events:
+        by_user.setdefault(e["user_id"], []).append(e)
+    queues = list(by_user.values())
+    out, i = [], 0
+    while queues:
+        q = queues[i % len(queues)]
+        out.append({**q.pop(0), "event_id": f"{prefix}-{len(out)}"})
+        if not q:
+            queues.remove(q)
+        else:
+            i += 1
+    return out
 
-    prepare_process_environment()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    if taskmanagers:
-        parallelism = taskmanagers
+
+def _bench_settings(settings: Settings, out: Path, tag: str, parallelism: int,
+                    taskmanagers: int) -> Settings:
+    """The run's own consumer group, topics and checkpoints (and cluster)."""
     over = {"kafka.group_id": f"streamrank-bench-{tag}", "flink.parallelism": parallelism,
             "kafka.partitions": max(parallelism, settings.kafka.partitions),
             "flink.checkpoint_dir": str((out / "checkpoints" / tag).resolve())}
@@ -382,69 +392,83 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
     if taskmanagers:
         over.update({"cluster.taskmanagers": taskmanagers, "cluster.slots_per_taskmanager": 1,
                      "cluster.dir": str((out / "cluster").resolve())})
-    settings = settings.replace(**over)
-    items = read_items(data_dir)
-    all_events = read_events(data_dir, limit=events + 2 * latency_events,
-                             id_prefix=f"b{tag}")
-    burst = all_events[:events]
-    paced = all_events[events:events + latency_events]
-    sustained = all_events[events + latency_events:]
-    result: dict = {"catalog": len(items), "parallelism": parallelism,
-                    "runtime": (f"standalone cluster, {taskmanagers} TaskManager(s) x 1 slot"
-                                if taskmanagers else "MiniCluster"), "events": len(burst),
-                    "latency_events": len(paced), "latency_rate": rate,
-                    "cores": _cores(), "delivery": settings.kafka.delivery_guarantee}
-    _say(f"{len(items)} items, {len(burst)} + {len(paced)} events, parallelism {parallelism}")
+    return settings.replace(**over)
 
-    broker = LocalBroker(settings.local_kafka)
-    started = broker.pid() is None
-    broker.up()
+
+class _JobPhases:
+    """The phases that run against the job, on its topics, one after the other."""
+
+    def __init__(self, settings: Settings, job, rankings, producer):
+        self.settings, self.job, self.rankings, self.producer = settings, job, rankings, producer
+        self.topic = settings.kafka.topics.events
+
+    def throughput(self, events: list[dict], label: str, prefix: str) -> dict:
+        """All ``events`` at once: events/s from the first sent to the last ranking received,
+        and the rankings it took (coalescing covers a burst of one user with few)."""
+        from streamrank.replay import produce
+
+        _say(f"throughput, {label} (all events at once)")
+        t_send = time.time() * 1000
+        produce(self.producer, self.topic, events, "user_id", desc=f"events ({label})")
+        ids = [e["event_id"] for e in events]
+        _wait_all(self.rankings, ids, self.job)
+        seconds = (max(self.rankings.by_event[i][0] for i in ids) - t_send) / 1000
+        n_rankings = self.rankings.rankings_covering(prefix)
+        res = {"events_per_s": round(len(ids) / seconds, 1), "rankings": n_rankings,
+               "rankings_per_s": round(n_rankings / seconds, 1)}
+        _say(f"job, {label}: {json.dumps(res)}")
+        return res
+
+    def latency(self, events: list[dict], rate: float, label: str) -> tuple[dict, float]:
+        """``events`` at ``rate``: from each event's production to the first ranking that
+        covers it, percentiles; and the rate achieved."""
+        from streamrank.replay import produce
+
+        _say(f"latency, {label}, at {rate:g} events/s")
+        sent_at: dict[str, int] = {}
+        produce(self.producer, self.topic, events, "user_id", rate=rate,
+                desc="events (paced)",
+                on_sent=lambda rec, ms: sent_at.__setitem__(rec["event_id"], ms))
+        _wait_all(self.rankings, [e["event_id"] for e in events], self.job)
+        lat = [self.rankings.by_event[e][0] - sent_at[e] for e in sent_at]
+        span = (max(sent_at.values()) - min(sent_at.values())) / 1000
+        pct = _percentiles(lat)
+        _say(f"job latency at {rate:g}/s: p50 {pct['p50_ms']} ms, p95 {pct['p95_ms']} ms, "
+             f"p99 {pct['p99_ms']} ms")
+        return pct, round(len(events) / max(span, 1e-9), 1)
+
+
+def _job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[dict],
+                streams: dict, rate: float) -> dict:
+    """Start the job, load the catalog, run the throughput and latency phases."""
+    from streamrank.replay import make_producer, produce
+    from streamrank.watch import JobProcess, RankingsReader, wait_for_catalog
+    from udfs.warmup import warm_cache
+
+    result: dict = {}
     job = rankings = producer = None
     try:
-        loop_topic = f"bench-{tag}-loop-rankings"
-        create_topics(settings.kafka, extra=(loop_topic,))
         warm_cache(items, settings.model)
         job = (ClusterJob(settings) if taskmanagers
                else JobProcess(settings, out / "job.log")).start()
         props = settings.kafka.properties
-        rankings = RankingsReader(settings.kafka.bootstrap_servers, settings.kafka.topics.rankings,
-                                  props)
+        rankings = RankingsReader(settings.kafka.bootstrap_servers,
+                                  settings.kafka.topics.rankings, props)
         producer = make_producer(settings.kafka.bootstrap_servers, props)
         produce(producer, settings.kafka.topics.items, items, "item_id", desc="items")
         wait_for_catalog(producer, settings, rankings, items[-1]["item_id"], len(items),
                          job=job, timeout_s=900)
-
-        # 1. throughput at saturation
-        _say("phase 1: throughput (all events at once)")
-        t_send = time.time() * 1000
-        produce(producer, settings.kafka.topics.events, burst, "user_id", desc="events")
-        ids = [e["event_id"] for e in burst]
-        _wait_all(rankings, ids, job)
-        last = max(rankings.by_event[i][0] for i in ids)
-        result["events_per_s"] = round(len(ids) / ((last - t_send) / 1000), 1)
-        _say(f"job: {result['events_per_s']} events/s")
-
-        # 2. latency at a fixed rate; 2b. at half the measured throughput (a load it sustains)
-        def paced_latency(batch: list[dict], at: float, label: str) -> tuple[dict, float]:
-            _say(f"phase {label}: latency at {at:g} events/s")
-            sent_at: dict[str, int] = {}
-            produce(producer, settings.kafka.topics.events, batch, "user_id", rate=at,
-                    desc="events (paced)", on_sent=lambda rec, ms: sent_at.__setitem__(
-                        rec["event_id"], ms))
-            _wait_all(rankings, [e["event_id"] for e in batch], job)
-            lat = [rankings.by_event[e][0] - sent_at[e] for e in sent_at]
-            span = (max(sent_at.values()) - min(sent_at.values())) / 1000
-            pct = _percentiles(lat)
-            _say(f"job latency at {at:g}/s: p50 {pct['p50_ms']} ms, p95 {pct['p95_ms']} ms, "
-                 f"p99 {pct['p99_ms']} ms")
-            return pct, round(len(batch) / max(span, 1e-9), 1)
-
-        pct, achieved = paced_latency(paced, rate, "2")
+        phases = _JobPhases(settings, job, rankings, producer)
+        result.update(phases.throughput(streams["burst"], "time-ordered", streams["prefix"]))
+        result["interleaved"] = phases.throughput(streams["interleaved"], "interleaved",
+                                                  streams["interleaved_prefix"])
+        result["interleaved_events_per_s"] = result["interleaved"]["events_per_s"]
+        pct, achieved = phases.latency(streams["paced"], rate, "time-ordered")
         result.update(pct, latency_rate_achieved=achieved)
-        if sustained:
+        if streams["sustained"]:
             half = max(1.0, round(result["events_per_s"] / 2))
-            sustained = sustained[:max(int(half * 20), 100)]  # ~20 s of it
-            pct, achieved = paced_latency(sustained, half, "2b")
+            pct, achieved = phases.latency(streams["sustained"][:max(int(half * 20), 100)],
+                                           half, "half load")
             result["half_load"] = {"rate": half, "rate_achieved": achieved, **pct}
     finally:
         for c in (producer, rankings):
@@ -452,29 +476,24 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
                 c.close()
         if job is not None:
             job.stop()
+    return result
 
-    # 3. the plain loop, on the same topics, with the cores to itself
-    try:
-        _say("phase 3: plain kafka-python + numpy loop, same topics, same ranking math")
-        loop = plain_loop(settings, len(burst) + len(paced) + len(sustained), loop_topic)
-        result["loop_events_per_s"] = loop["events_per_s"]
-        result["ratio_vs_loop"] = round(result["events_per_s"] / loop["events_per_s"], 3) \
-            if loop["events_per_s"] else None
-        _say(f"loop: {loop['events_per_s']} events/s")
-    finally:
-        if started:
-            broker.down()
 
-    # 4. embedding
+def _tool_phases(settings: Settings, items: list[dict], all_events: list[dict],
+                 skip_embedding: bool, embed_texts: int, scale_items: int) -> dict:
+    """The phases without the job: embedding speed, the ranker alone at catalog scale."""
+    from contracts.messages import parse_item
+
+    result: dict = {}
     if not skip_embedding:
-        _say("phase 4: embedding texts/s, fp32 vs bf16 vs int8")
+        _say("embedding texts/s, fp32 vs bf16 vs int8")
         now = int(time.time() * 1000)
         texts = [parse_item(json.dumps(it).encode(), now_ms=now).text()
                  for it in items[:embed_texts]]
         result["embedding"] = embedding_speed(settings, texts)
         _say(json.dumps(result["embedding"]))
     if scale_items:
-        _say(f"phase 5: the ranker alone, {len(items)} items exact vs {scale_items} "
+        _say(f"the ranker alone, {len(items)} items exact vs {scale_items} "
              "via candidates + ANN")
         result["scale"] = catalog_scale(settings, items, all_events, scale_items=scale_items)
         large = result["scale"]["large"]
@@ -482,6 +501,61 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
                       ann_candidate_recall_at_10=large["candidate_recall_at_10"],
                       ann_recall_at_10=large["ann_recall_at_10"],
                       ann_vs_exact_rankings_per_s=result["scale"]["large_vs_small"])
+    return result
+
+
+def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
+              latency_events: int = 3000, rate: float = 2000.0, parallelism: int = 1,
+              embed_texts: int = 512, out_dir: str = ".run/bench",
+              skip_embedding: bool = False, scale_items: int = 100_000,
+              taskmanagers: int = 0) -> dict:
+    from jobs.runtime import prepare_process_environment
+    from streamrank.kafka_local import LocalBroker, create_topics
+    from streamrank.replay import read_events, read_items
+
+    prepare_process_environment()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    parallelism = taskmanagers or parallelism
+    settings = _bench_settings(settings, out, tag, parallelism, taskmanagers)
+    items = read_items(data_dir)
+    all_events = read_events(data_dir, limit=2 * events + 2 * latency_events,
+                             id_prefix=f"b{tag}")
+    streams = {"burst": all_events[:events], "prefix": f"b{tag}-",
+               "interleaved": interleaved(all_events[events:2 * events], f"i{tag}"),
+               "interleaved_prefix": f"i{tag}-",
+               "paced": all_events[2 * events:2 * events + latency_events],
+               "sustained": all_events[2 * events + latency_events:]}
+    result: dict = {"catalog": len(items), "parallelism": parallelism,
+                    "runtime": (f"standalone cluster, {taskmanagers} TaskManager(s) x 1 slot"
+                                if taskmanagers else "MiniCluster"),
+                    "events": len(streams["burst"]), "latency_events": len(streams["paced"]),
+                    "latency_rate": rate, "cores": _cores(),
+                    "delivery": settings.kafka.delivery_guarantee,
+                    "state_backend": settings.flink.state_backend,
+                    "emit_window_ms": settings.ranking.emit_window_ms}
+    _say(f"{len(items)} items, {events} + {events} (interleaved) + {latency_events} events, "
+         f"parallelism {parallelism}")
+    broker = LocalBroker(settings.local_kafka)
+    started = broker.pid() is None
+    broker.up()
+    try:
+        loop_topic = f"bench-{tag}-loop-rankings"
+        create_topics(settings.kafka, extra=(loop_topic,))
+        result.update(_job_phases(settings, out, taskmanagers, items, streams, rate))
+        _say("plain kafka-python + numpy loop, same topics, same step and coalescing")
+        n_loop = sum(len(streams[k]) for k in ("burst", "interleaved", "paced", "sustained"))
+        loop = plain_loop(settings, n_loop, loop_topic)
+        result["loop_events_per_s"] = loop["events_per_s"]
+        result["ratio_vs_loop"] = round(result["events_per_s"] / loop["events_per_s"], 3) \
+            if loop["events_per_s"] else None
+        _say(f"loop: {loop['events_per_s']} events/s")
+    finally:
+        if started:
+            broker.down()
+    result.update(_tool_phases(settings, items, all_events, skip_embedding, embed_texts,
+                               scale_items))
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     result["plot"] = str(_plot(result, out / "bench.png"))
     return result
@@ -511,9 +585,10 @@ def _plot(result: dict, path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     ax = axes[0]
-    ax.bar(["streamrank job", "plain loop"],
-           [result.get("events_per_s") or 0, result.get("loop_events_per_s") or 0],
-           color=["#3b7dd8", "#999999"])
+    ax.bar(["job, time-ordered", "job, interleaved", "plain loop"],
+           [result.get("events_per_s") or 0, result.get("interleaved_events_per_s") or 0,
+            result.get("loop_events_per_s") or 0],
+           color=["#3b7dd8", "#7fb0ea", "#999999"])
     ax.set_ylabel("events/s")
     ax.set_title(f"throughput, catalog {result['catalog']}, p={result['parallelism']}"
                  + (f", {result['parallelism']} TMs" if "cluster" in result["runtime"] else ""),

@@ -281,6 +281,69 @@ def check(report: ChaosReport, harness: Harness, events: list[dict], reference: 
     return report
 
 
+class Faults:
+    """The run's fault points: random fractions of the job's committed progress, each a
+    TaskManager kill or a broker restart; :meth:`tick` fires the next one once the job has
+    committed something since the last (every fault then hits a job that recovered)."""
+
+    def __init__(self, h: "Harness", report: "ChaosReport", rng: random.Random, total: int,
+                 kills: int, broker_restarts: int, bar):
+        self.h, self.report, self.rng, self.total, self.bar = h, report, rng, total, bar
+        self.points = sorted([(rng.uniform(0.1, 0.85), "kill") for _ in range(kills)]
+                             + [(rng.uniform(0.1, 0.85), "broker")
+                                for _ in range(broker_restarts)])
+        self.last_at = -1
+
+    def tick(self, n: int) -> None:
+        self.bar.update(n - self.bar.n)
+        if self.points and n >= self.points[0][0] * self.total and n > self.last_at:
+            _, kind = self.points.pop(0)
+            self.last_at = n
+            self._restart_broker(n) if kind == "broker" else self._kill(n)
+
+    def _restart_broker(self, n: int) -> None:
+        self.h.broker.down()
+        self.report.broker_restarts += 1
+        self.bar.write(f"chaos: broker restart {self.report.broker_restarts}: Kafka stopped "
+                       f"at {n}/{self.total} committed rankings")
+        time.sleep(self.rng.uniform(1.0, 4.0))
+        self.h.broker.up(wait_s=120)
+        self.bar.write("chaos: broker back; the job's sources, sinks and transactions resume")
+
+    def _kill(self, n: int) -> None:
+        pid = self.h.cluster.kill_taskmanager()
+        self.report.kills += 1
+        self.bar.write(f"chaos: kill {self.report.kills}: SIGKILL TaskManager pid {pid} at "
+                       f"{n}/{self.total} committed rankings")
+        time.sleep(self.rng.uniform(0.5, 3.0))
+        self.h.cluster.start_taskmanager()
+        self.h.cluster.wait_ready(1, 120)
+        self.bar.write("chaos: a new TaskManager registered; the job restores its last "
+                       "checkpoint")
+
+
+def _start_replay(h: "Harness", topic: str, events: list[dict], junk: list, rng: random.Random,
+                  rate: float) -> threading.Thread:
+    """Send the events with the malformed records at random positions, in a thread."""
+    from streamrank.replay import RateLimiter
+
+    stream: list[tuple[bytes, bytes]] = [
+        (e["user_id"].encode(), json.dumps(e, separators=(",", ":")).encode()) for e in events]
+    for key, value, _ in junk:
+        stream.insert(rng.randrange(len(stream) + 1), (key, value))
+
+    def replay() -> None:
+        limiter = RateLimiter(rate)
+        for key, value in stream:
+            limiter.wait()
+            h.producer.send(topic, key=key, value=value)
+        h.producer.flush()
+
+    sender = threading.Thread(target=replay, name="chaos-replay", daemon=True)
+    sender.start()
+    return sender
+
+
 def run_chaos(settings: Settings, data_dir: str, limit: Optional[int] = 20_000, kills: int = 2,
               malformed: int = 0, parallelism: int = 1, rate: float = 0.0,
               checkpoint_ms: int = 2000, seed: Optional[int] = None,
@@ -288,23 +351,22 @@ def run_chaos(settings: Settings, data_dir: str, limit: Optional[int] = 20_000, 
               broker_restarts: int = 0) -> ChaosReport:
     from tqdm import tqdm
 
-    from streamrank.replay import RateLimiter, read_events, read_items
+    from streamrank.replay import read_events, read_items
 
     seed = seed if seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     tag = uuid.uuid4().hex[:8]
     run_dir = (REPO_ROOT / ".run" / "chaos" / tag).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    rest_port, rpc_port = free_port(), free_port()
-    cfg = chaos_settings(settings, run_dir, tag, parallelism, checkpoint_ms, rest_port, rpc_port)
+    cfg = chaos_settings(settings, run_dir, tag, parallelism, checkpoint_ms, free_port(),
+                         free_port())
     items = read_items(data_dir)
     events = read_events(data_dir, limit=limit)
     junk = malformed_records(malformed, rng, cfg.validation.max_id_length,
                              cfg.validation.max_record_bytes)
     print(f"chaos: run {tag} (seed {seed}): {len(items)} items, {len(events)} events, "
           f"{len(junk)} malformed, {kills} TaskManager kills, {broker_restarts} broker "
-          f"restarts, parallelism {parallelism}; "
-          f"work dir {run_dir}", flush=True)
+          f"restarts, parallelism {parallelism}; work dir {run_dir}", flush=True)
     t_start = time.monotonic()
     report = ChaosReport(kills=0, requested_kills=kills, malformed=len(junk),
                          requested_broker_restarts=broker_restarts)
@@ -318,63 +380,11 @@ def run_chaos(settings: Settings, data_dir: str, limit: Optional[int] = 20_000, 
         print(f"chaos: job {job_id} RUNNING on {h.cluster.rest}", flush=True)
         h.load_catalog(items)
         reference = reference_digests(items, events, cfg)
-
-        # The stream: events with the malformed records at random positions.
-        stream: list[tuple[bytes, bytes]] = [
-            (e["user_id"].encode(), json.dumps(e, separators=(",", ":")).encode())
-            for e in events]
-        for key, value, _ in junk:
-            stream.insert(rng.randrange(len(stream) + 1), (key, value))
-        topic = cfg.kafka.topics.events
-
-        def replay() -> None:
-            limiter = RateLimiter(rate)
-            for key, value in stream:
-                limiter.wait()
-                h.producer.send(topic, key=key, value=value)
-            h.producer.flush()
-
-        sender = threading.Thread(target=replay, name="chaos-replay", daemon=True)
-        sender.start()
-        # Fault points: random fractions of the job's committed progress, each a TaskManager
-        # kill or a broker restart.
-        points = sorted([(rng.uniform(0.1, 0.85), "kill") for _ in range(kills)]
-                        + [(rng.uniform(0.1, 0.85), "broker") for _ in range(broker_restarts)])
+        sender = _start_replay(h, cfg.kafka.topics.events, events, junk, rng, rate)
         bar = tqdm(total=len(ids), desc="ranked (committed)", unit="ev", disable=not progress,
                    mininterval=0.5)
-
-        last_kill_at = [-1]
-
-        def restart_broker(n: int) -> None:
-            h.broker.down()
-            report.broker_restarts += 1
-            bar.write(f"chaos: broker restart {report.broker_restarts}: Kafka stopped at "
-                      f"{n}/{len(ids)} committed rankings")
-            time.sleep(rng.uniform(1.0, 4.0))
-            h.broker.up(wait_s=120)
-            bar.write("chaos: broker back; the job's sources, sinks and transactions resume")
-
-        def tick(n: int) -> None:
-            bar.update(n - bar.n)
-            # Kill at the next point, but only once the job has committed something since the
-            # last kill: every kill then hits a job that recovered.
-            if points and n >= points[0][0] * len(ids) and n > last_kill_at[0]:
-                _, kind = points.pop(0)
-                last_kill_at[0] = n
-                if kind == "broker":
-                    restart_broker(n)
-                    return
-                pid = h.cluster.kill_taskmanager()
-                report.kills += 1
-                bar.write(f"chaos: kill {report.kills}: SIGKILL TaskManager pid {pid} at "
-                          f"{n}/{len(ids)} committed rankings")
-                time.sleep(rng.uniform(0.5, 3.0))
-                h.cluster.start_taskmanager()
-                h.cluster.wait_ready(1, 120)
-                bar.write("chaos: a new TaskManager registered; the job restores its last "
-                          "checkpoint")
-
-        h.wait_ranked(ids, timeout_s=timeout_s, on_tick=tick)
+        faults = Faults(h, report, rng, len(ids), kills, broker_restarts, bar)
+        h.wait_ranked(ids, timeout_s=timeout_s, on_tick=faults.tick)
         sender.join()
         bar.close()
         # Dead letters of the last records and late duplicates surface within a checkpoint

@@ -79,9 +79,10 @@ def cmd_demo(args) -> int:
 
     result = run_demo(_settings(args), args.data, limit=args.limit or None, rate=args.rate,
                       keep_kafka=args.keep_kafka)
-    print(f"demo: events={result['events']} rankings={result['rankings']} dlq={result['dlq']} "
+    print(f"demo: events={result['events']} events_ranked={result['events_ranked']} "
+          f"rankings={result['rankings']} dlq={result['dlq']} "
           f"p50_ms={result['p50_ms']} p99_ms={result['p99_ms']}")
-    ok = result["rankings"] == result["events"]
+    ok = result["events_ranked"] == result["events"]
     return 0 if ok else 1
 
 
@@ -210,20 +211,39 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamrank",
         description="Real-time personalized re-ranking with LLM embeddings on Apache Flink.")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run(sub, common)
+    _add_kafka(sub, common)
+    _add_replay(sub, common)
+    _add_embed(sub, common)
+    _add_eval(sub, common)
+    _add_demo(sub, common)
+    _add_cluster(sub, common)
+    _add_sql(sub, common)
+    _add_bench(sub, common)
+    _add_chaos(sub, common)
+    return p
 
+
+_DATA_HELP = (f"dataset dir in the MovieLens CSV layout (default {DEFAULT_DATA}; "
+              "env: STREAMRANK_DATA)")
+
+
+def _add_run(sub, common) -> None:
     s = sub.add_parser("run", parents=[common], help="run the job in a local MiniCluster")
     s.set_defaults(func=cmd_run)
 
+
+def _add_kafka(sub, common) -> None:
     s = sub.add_parser("kafka", parents=[common], help="the local single-node Kafka broker")
     s.add_argument("action", choices=["up", "down", "status", "topics"])
     s.add_argument("--recreate", action="store_true", help="with topics: delete and recreate")
     s.set_defaults(func=cmd_kafka)
 
-    data_help = f"dataset dir in the MovieLens CSV layout (default {DEFAULT_DATA}; " \
-                "env: STREAMRANK_DATA)"
+
+def _add_replay(sub, common) -> None:
     s = sub.add_parser("replay", parents=[common],
                        help="produce a MovieLens-layout dataset as items, then events")
-    s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
+    s.add_argument("--data", default=DEFAULT_DATA, help=_DATA_HELP)
     s.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     s.add_argument("--limit", type=int, help="replay only the first N events (by time)")
     g = s.add_mutually_exclusive_group()
@@ -231,23 +251,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--events-only", action="store_true")
     s.set_defaults(func=cmd_replay)
 
+
+def _add_embed(sub, common) -> None:
     s = sub.add_parser("embed", parents=[common],
                        help="embed a dataset's catalog into the cache ahead of the job")
-    s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
+    s.add_argument("--data", default=DEFAULT_DATA, help=_DATA_HELP)
     s.set_defaults(func=cmd_embed)
 
+
+def _add_eval(sub, common) -> None:
     s = sub.add_parser("eval", parents=[common],
                        help="prequential evaluation of streamrank against baselines")
-    s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
+    s.add_argument("--data", default=DEFAULT_DATA, help=_DATA_HELP)
     s.add_argument("--limit", type=int, help="evaluate on the first N events only")
     s.add_argument("--out", default=".run/eval", help="where eval.json and eval.png go")
     s.add_argument("--methods", default="streamrank,popularity,embedding,cooc",
                    help="comma-separated subset of streamrank,popularity,embedding,cooc")
     s.set_defaults(func=cmd_eval)
 
+
+def _add_demo(sub, common) -> None:
     s = sub.add_parser("demo", parents=[common],
                        help="everything end to end: Kafka, job, replay, live rankings")
-    s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
+    s.add_argument("--data", default=DEFAULT_DATA, help=_DATA_HELP)
     s.add_argument("--limit", type=int, default=_env_int("DEMO_LIMIT", 5000),
                    help="replay the first N events in time order; 0 = all (default 5000; "
                         "env: DEMO_LIMIT)")
@@ -259,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the local broker running afterwards")
     s.set_defaults(func=cmd_demo)
 
+
+def _add_cluster(sub, common) -> None:
     s = sub.add_parser("cluster", parents=[common],
                        help="a standalone Flink cluster on this machine (from the wheel)")
     s.add_argument("action", choices=["up", "submit", "status", "stop", "down"],
@@ -273,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submit: seconds to wait for RUNNING (default 180)")
     s.set_defaults(func=cmd_cluster)
 
+
+def _add_sql(sub, common) -> None:
     s = sub.add_parser("sql", parents=[common],
                        help="query the topics in Flink SQL (tables events, rankings, dlq, "
                             "items_dlq and ready-made views)")
@@ -282,10 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-rows", type=int, default=0, help="print at most N rows (0 = all)")
     s.set_defaults(func=cmd_sql)
 
+
+def _add_bench(sub, common) -> None:
     s = sub.add_parser("bench", parents=[common],
                        help="throughput/latency of the job vs a plain consumer loop, embedding "
                             "speed")
-    s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
+    s.add_argument("--data", default=DEFAULT_DATA, help=_DATA_HELP)
     s.add_argument("--events", type=int, default=10000,
                    help="events for the throughput phase (default 10000)")
     s.add_argument("--latency-events", type=int, default=3000,
@@ -306,9 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=".run/bench", help="where bench.json and bench.png go")
     s.set_defaults(func=cmd_bench)
 
+
+def _add_chaos(sub, common) -> None:
     s = sub.add_parser("chaos", parents=[common],
                        help="kill TaskManagers during a replay; check exactly-once rankings")
-    s.add_argument("--data", default=DEFAULT_DATA, help=data_help)
+    s.add_argument("--data", default=DEFAULT_DATA, help=_DATA_HELP)
     s.add_argument("--limit", type=int, default=20000,
                    help="replay the first N events (default 20000; 0 = all)")
     s.add_argument("--kills", type=int, default=2, help="TaskManager SIGKILLs (default 2)")
@@ -326,7 +360,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="random seed (kill points, malformed mix)")
     s.add_argument("--timeout", type=float, default=3600, help="give up after this many s")
     s.set_defaults(func=cmd_chaos)
-    return p
 
 
 def _env_int(name: str, default=None):

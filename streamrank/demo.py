@@ -42,6 +42,71 @@ def format_ranking(rec: dict, titles: dict[str, str], n: int = 5) -> str:
     return "\n".join(lines)
 
 
+def _live_printer(rankings, titles: dict) -> threading.Event:
+    """Print a fresh user's ranking every 4 s until the returned event is set."""
+    stop = threading.Event()
+
+    def show_live() -> None:
+        shown = set()
+        while not stop.wait(4.0):
+            recs = [r for r in rankings.latest_rankings()
+                    if r["user_id"] not in shown and len(r["items"]) >= 3]
+            if recs:
+                rec = max(recs, key=lambda r: r["emitted_ts"])
+                shown.add(rec["user_id"])
+                _say("live ranking\n" + format_ranking(rec, titles))
+
+    threading.Thread(target=show_live, daemon=True).start()
+    return stop
+
+
+def _wait_for_rankings(rankings, job, prefix: str, n: int, idle_s: float = 60) -> None:
+    """Wait while the job makes progress; give up only after ``idle_s`` without any."""
+    seen, last_progress = -1, time.monotonic()
+    while rankings.seen_events(prefix) < n and time.monotonic() - last_progress < idle_s:
+        job.check()
+        now_seen = rankings.seen_events(prefix)
+        if now_seen != seen:
+            seen, last_progress = now_seen, time.monotonic()
+        time.sleep(0.2)
+
+
+def _replay(settings: Settings, job, rankings, producer, items: list, events: list,
+            rate: Optional[float], prefix: str) -> dict:
+    """Load the catalog, replay the events, and measure: events, rankings, latency from an
+    event's production to the first ranking that covers it."""
+    titles = {it["item_id"]: it["title"] for it in items}
+    produce(producer, settings.kafka.topics.items, items, "item_id", desc="items")
+    t0 = time.monotonic()
+    size = wait_for_catalog(producer, settings, rankings, items[-1]["item_id"], len(items),
+                            job=job)
+    _say(f"job ready: catalog of {size} items in the ranker after "
+         f"{time.monotonic() - t0:.1f}s")
+    produced: dict[str, int] = {}
+    stop_showing = _live_printer(rankings, titles)
+    t_replay = time.monotonic()
+    n = produce(producer, settings.kafka.topics.events, events, "user_id", rate=rate,
+                desc="events", on_sent=lambda rec, ms: produced.__setitem__(rec["event_id"], ms))
+    replay_s = time.monotonic() - t_replay
+    _wait_for_rankings(rankings, job, prefix, n)
+    done_s = time.monotonic() - t_replay
+    time.sleep(1.0)  # let stragglers (duplicates, DLQ) arrive before counting
+    stop_showing.set()
+    latencies = [received[0] - produced[e]
+                 for e, received in rankings.receive_times(prefix).items()]
+    lat = np.array(latencies, dtype=np.float64)
+    n_rankings = rankings.rankings_covering(prefix)
+    sample_users = list(dict.fromkeys(e["user_id"] for e in reversed(events)))[:3]
+    finals = [rankings.ranking(u) for u in sample_users]
+    _say("final rankings of the last active users\n" + "\n".join(
+        format_ranking(rec, titles) for rec in finals if rec is not None))
+    return {"events": n, "events_ranked": len(latencies), "rankings": n_rankings,
+            "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+            "replay_s": round(replay_s, 1),
+            "rankings_per_s": round(n_rankings / done_s, 1) if done_s else None}
+
+
 def run_demo(settings: Settings, data_dir: str, limit: Optional[int] = None,
              rate: Optional[float] = None, keep_kafka: bool = False) -> dict:
     from jobs.runtime import prepare_process_environment
@@ -56,7 +121,6 @@ def run_demo(settings: Settings, data_dir: str, limit: Optional[int] = None,
     })
     items = read_items(data_dir)
     events = read_events(data_dir, limit=limit, id_prefix=f"demo{stamp}")
-    titles = {it["item_id"]: it["title"] for it in items}
     _say(f"dataset {data_dir}: {len(items)} items, {len(events)} events")
 
     broker = LocalBroker(settings.local_kafka)
@@ -70,83 +134,21 @@ def run_demo(settings: Settings, data_dir: str, limit: Optional[int] = None,
         stats = warm_cache(items, settings.model)
         _say(f"embedding cache: {stats['cached']} cached, {stats['embedded']} embedded now"
              + (f" ({stats['texts_per_s']} texts/s)" if stats["embedded"] else ""))
-
         _say(f"starting the Flink job (MiniCluster), log in {RUN_DIR / 'job.log'}")
         job = JobProcess(settings, RUN_DIR / "job.log").start()
-        bootstrap = settings.kafka.bootstrap_servers
-        props = settings.kafka.properties
+        bootstrap, props = settings.kafka.bootstrap_servers, settings.kafka.properties
         rankings = RankingsReader(bootstrap, settings.kafka.topics.rankings, props)
         dlq = TopicReader(bootstrap, settings.kafka.topics.events_dlq, props)
         producer = make_producer(bootstrap, props)
-
-        produce(producer, settings.kafka.topics.items, items, "item_id", desc="items")
-        t0 = time.monotonic()
-        size = wait_for_catalog(producer, settings, rankings, items[-1]["item_id"], len(items),
-                                job=job)
-        _say(f"job ready: catalog of {size} items in the ranker after "
-             f"{time.monotonic() - t0:.1f}s")
-
-        produced: dict[str, int] = {}
-        stop_showing = threading.Event()
-
-        def show_live() -> None:
-            shown = set()
-            while not stop_showing.wait(4.0):
-                recs = [r for r in rankings.latest_rankings()
-                        if r["user_id"] not in shown and len(r["items"]) >= 3]
-                if recs:
-                    rec = max(recs, key=lambda r: r["emitted_ts"])
-                    shown.add(rec["user_id"])
-                    _say("live ranking\n" + format_ranking(rec, titles))
-
-        shower = threading.Thread(target=show_live, daemon=True)
-        shower.start()
-        t_replay = time.monotonic()
-        def remember(rec: dict, produce_ms: int) -> None:
-            produced[rec["event_id"]] = produce_ms
-
-        n = produce(producer, settings.kafka.topics.events, events, "user_id", rate=rate,
-                    desc="events", on_sent=remember)
-        replay_s = time.monotonic() - t_replay
-
-        prefix = f"demo{stamp}-"
-        # Wait while the job makes progress; give up only after a minute without any.
-        seen, last_progress = -1, time.monotonic()
-        while rankings.seen_events(prefix) < n and time.monotonic() - last_progress < 60:
-            job.check()
-            now_seen = rankings.seen_events(prefix)
-            if now_seen != seen:
-                seen, last_progress = now_seen, time.monotonic()
-            time.sleep(0.2)
-        done_s = time.monotonic() - t_replay
-        time.sleep(1.0)  # let stragglers (duplicates, DLQ) arrive before counting
-        stop_showing.set()
-
-        latencies = []
-        n_rankings = 0
-        for event_id, received in rankings.receive_times(prefix).items():
-            n_rankings += len(received)
-            latencies.append(received[0] - produced[event_id])
-        lat = np.array(latencies, dtype=np.float64)
-        p50 = float(np.percentile(lat, 50)) if lat.size else float("nan")
-        p99 = float(np.percentile(lat, 99)) if lat.size else float("nan")
-
-        sample_users = list(dict.fromkeys(e["user_id"] for e in reversed(events)))[:3]
-        finals = [rankings.ranking(u) for u in sample_users]
-        _say("final rankings of the last active users\n" + "\n".join(
-            format_ranking(rec, titles) for rec in finals if rec is not None))
-        result = {"events": n, "rankings": n_rankings, "dlq": dlq.count(),
-                  "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
-                  "replay_s": round(replay_s, 1),
-                  "rankings_per_s": round(n_rankings / done_s, 1) if done_s else None}
+        result = _replay(settings, job, rankings, producer, items, events, rate,
+                         f"demo{stamp}-")
+        result["dlq"] = dlq.count()
         _say(json.dumps(result))
         return result
     finally:
-        for closer in (rankings, dlq):
+        for closer in (rankings, dlq, producer):
             if closer is not None:
                 closer.close()
-        if producer is not None:
-            producer.close()
         if job is not None:
             _say("stopping the job")
             job.stop()

@@ -191,6 +191,13 @@ class RankingsReader(TopicReader):
         with self._lock:
             return {e: list(t) for e, t in self.by_event.items() if e.startswith(prefix)}
 
+    def rankings_covering(self, prefix: str) -> int:
+        """How many ranking records cover at least one event whose id starts with
+        ``prefix``."""
+        with self._lock:
+            return sum(1 for _, v, _ in self.records if v is not None and any(
+                e.startswith(prefix) for e in json.loads(v).get("event_ids") or ()))
+
     def seen_events(self, prefix: str = "") -> int:
         with self._lock:
             return sum(1 for e in self.by_event if e.startswith(prefix))

@@ -139,3 +139,32 @@ def test_catalog_memory_follows_the_catalog_not_the_ids_events_carry():
     assert cat.is_deleted("b"), "a deleted id is still known as deleted after its row is reused"
     cat.upsert("b", "B again", np.array([0.0, 1.0]))
     assert not cat.is_deleted("b") and cat.vector("b") is not None
+
+
+def test_neighbour_arrays_patched_in_place_equal_a_rebuild():
+    """Counts change at every event: the cached (rows, counts) of an item are patched in
+    place, and must be exactly what rebuilding them from the neighbour dicts gives (same
+    order, so sums over them are bit-identical)."""
+    import random
+
+    rng = random.Random(3)
+    cat = CatalogIndex(dim=4)
+    for i in range(30):
+        cat.upsert(f"i{i}", "", np.ones(4, np.float32))
+    halves: dict[str, dict[str, float]] = {}
+    for step in range(3000):
+        item = f"i{rng.randrange(30)}"
+        earlier = halves.setdefault(item, {})
+        x = f"i{rng.randrange(30)}" if rng.random() < 0.9 else f"ghost{rng.randrange(5)}"
+        if x == item:
+            continue
+        if rng.random() < 0.1 and x in earlier:
+            del earlier[x]
+        else:
+            earlier[x] = earlier.get(x, 0.0) + 1.0
+        cat.set_cooccurrence(item, earlier, changed=[x], max_neighbours=6)
+        probe = f"i{rng.randrange(30)}"
+        got = [a.copy() for a in cat.neighbour_arrays(probe)]
+        cat._nbr_arrays.pop(probe)
+        want = cat.neighbour_arrays(probe)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), step
