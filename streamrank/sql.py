@@ -38,7 +38,8 @@ VIEWS = {
                MAX(kafka_ts) AS last_seen
         FROM dlq
         GROUP BY reason""",
-    # End to end through Kafka: the ranking's append time minus its event's append time.
+    # End to end through Kafka: the ranking's append time minus the append time of the latest
+    # event it covers (event_id).
     "latency_per_minute": """
         SELECT DATE_FORMAT(e.kafka_ts, 'yyyy-MM-dd HH:mm') AS `minute`,
                COUNT(*) AS rankings,
@@ -76,8 +77,8 @@ TABLES = {
     "rankings": ("rankings", """
         `user_id` STRING,
         `items` ARRAY<ROW<`item_id` STRING, `score` DOUBLE, `reason` STRING>>,
-        `k` INT, `model` STRING, `event_id` STRING, `event_ts` BIGINT, `emitted_ts` BIGINT,
-        `catalog_size` INT"""),
+        `k` INT, `model` STRING, `event_id` STRING, `event_ids` ARRAY<STRING>,
+        `event_ts` BIGINT, `emitted_ts` BIGINT, `catalog_size` INT"""),
     "dlq": ("events_dlq", """
         `reason` STRING, `error` STRING, `raw` STRING, `raw_encoding` STRING,
         `topic` STRING, `partition` INT, `offset` BIGINT, `ts` BIGINT"""),
