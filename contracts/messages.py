@@ -36,7 +36,9 @@ class InvalidRecord(ValueError):
 
 @dataclass(frozen=True)
 class Event:
-    """One interaction (or a control event when ``type`` is in CONTROL_TYPES)."""
+    """One interaction (or a control event when ``type`` is in CONTROL_TYPES); ``partition``
+    and ``offset`` locate the record it was read from, when known (for dead letters raised
+    after parsing)."""
 
     user_id: str
     item_id: str
@@ -44,6 +46,8 @@ class Event:
     ts: int
     value: Optional[float] = None
     event_id: str = ""
+    partition: int = -1
+    offset: int = -1
 
     @property
     def is_control(self) -> bool:

@@ -12,7 +12,7 @@ from pyflink.datastream.functions import KeyedBroadcastProcessFunction, RuntimeC
 from pyflink.datastream.state import ValueStateDescriptor
 
 from contracts.config import RankingSettings
-from contracts.messages import InvalidRecord, dlq_record, ranking_record
+from contracts.messages import Event, InvalidRecord, dlq_record, ranking_record
 from operators.catalog_mirror import CatalogMirror
 from operators.common import LoggedOpen, user_ttl
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
@@ -20,7 +20,7 @@ from operators.types import DLQ_TAG, STATE_BYTES
 from recsys import recommender, user_step
 from recsys.recommender import ModelParams, Ranked
 from recsys.user_state import Forgotten, UserState, decode_profile
-from recsys.user_step import Emit, Incoming, Reject, Slot, StepConfig, Tombstone
+from recsys.user_step import Emit, Reject, Slot, StepConfig, Tombstone
 
 
 @dataclass
@@ -112,8 +112,8 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             queued.ranked = None  # ranked before this event: no longer the state's ranking
         slot = Slot(queued.state if queued is not None else self._load())
         now = ctx.timer_service().current_processing_time()
-        incoming = Incoming(user_id, ev["item_id"], ev["type"], ev["ts"], ev["value"],
-                            ev["event_id"] or "", ev["partition"], ev["offset"])
+        incoming = Event(user_id, ev["item_id"], ev["type"], ev["ts"], ev["value"],
+                         ev["event_id"] or "", ev["partition"], ev["offset"])
         for out in user_step.on_event(slot, incoming, self.catalog, self.p, self.step,
                                       self.mirror.model, now):
             yield self._record(out, slot.state, user_id, queued, t0)
@@ -125,11 +125,17 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         self._rank_windows(timestamp)
         user_id = ctx.get_current_key()
         queued = self._take_queued(user_id)
-        slot = Slot(queued.state if queued is not None else self._load())
+        before = queued.state if queued is not None else self._load()
+        slot = Slot(before)
+        changed = False
         for out in user_step.on_timer(slot, self.catalog, self.p, self.step, self.mirror.model,
                                       timestamp):
+            changed = True
             yield self._record(out, slot.state, user_id, queued, time.perf_counter())
-        self._store(ctx, user_id, slot, timestamp, None, 0.0)
+        if changed or slot.state is not before or slot.wake_at:
+            # (else nothing to write.) A ranking made due here (held events applied) is timed
+            # from now.
+            self._store(ctx, user_id, slot, timestamp, None, time.perf_counter())
 
     # -- state and timers ----------------------------------------------------------------------
 
@@ -147,11 +153,12 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         for at in set(slot.wake_at):
             ctx.timer_service().register_processing_time_timer(at)
         if isinstance(state, UserState) and state.due is not None and self.step.emit_window_ms:
-            end = queued.end if queued is not None and queued.end > now else \
-                user_step.window_end(now, self.step.emit_window_ms)
-            self._windows.setdefault(end, {})[user_id] = _Queued(
-                state, end, queued.t0 if queued is not None else t0)
-            self._queued_at[user_id] = end
+            if queued is None or queued.end <= now:
+                end = user_step.window_end(now, self.step.emit_window_ms)
+                queued = _Queued(state, end, queued.t0 if queued is not None else t0)
+            queued.state = state
+            self._windows.setdefault(queued.end, {})[user_id] = queued
+            self._queued_at[user_id] = queued.end
         if slot.new_user:
             self.new_users.inc()
         if slot.applied_held:

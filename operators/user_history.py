@@ -1,10 +1,11 @@
 """The user-history operator: events keyed by user -> each interaction with the user's recent
-items, for the keyed-by-item branch (``operators/item_branch.py``)."""
+items, for the keyed-by-item branch (``operators/item_branch.py``). The recent items are kept
+newline-joined (read and written at every event: no JSON on this path)."""
 
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from typing import Iterable, Optional
 
 from pyflink.common import Row, Types
 from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
@@ -15,6 +16,24 @@ from recsys.item_stats import cooc_context
 from recsys.recommender import ModelParams
 from recsys.user_state import push_recent
 from contracts.config import RankingSettings
+
+
+_FORGOTTEN = "\x00"  # marks a forgotten user's value (ids never hold control characters)
+
+
+def _read(raw: Optional[str]) -> tuple[list[str], Optional[dict]]:
+    """The user's recent items (newline-joined) or their forgotten marker
+    (``{"ts", "expires"}`` as JSON after ``_FORGOTTEN``). Values written before, a JSON list
+    or a bare JSON marker, are read too."""
+    if not raw:
+        return [], None
+    if raw[0] == _FORGOTTEN:
+        return [], json.loads(raw[1:])
+    if raw[0] == "{":
+        return [], json.loads(raw)
+    if raw[0] == "[":
+        return json.loads(raw), None
+    return raw.split("\n"), None
 
 
 class UserHistory(KeyedProcessFunction, LoggedOpen):
@@ -37,24 +56,22 @@ class UserHistory(KeyedProcessFunction, LoggedOpen):
         self.history = ctx.get_state(descriptor)
 
     def process_element(self, ev, ctx) -> Iterable:
-        raw = self.history.value()
+        recent, forgotten = _read(self.history.value())
         forgot_ts = -1
-        if raw and raw.startswith("{"):  # the user was forgotten (see RankUsers._forget)
-            forgot_ts = json.loads(raw)["ts"]
+        if forgotten is not None:  # the user was forgotten (see recsys.user_step.forget)
+            forgot_ts = forgotten["ts"]
             if ev["type"] != "forget_user" and ev["ts"] <= forgot_ts:
                 return  # the ranker dead-letters it
-            raw = None
         if ev["type"] == "forget_user":
             memory_ms = int(self.cfg.forget_memory_hours * 3_600_000)
             if memory_ms > 0:
                 expires = ctx.timer_service().current_processing_time() + memory_ms
-                self.history.update(json.dumps({"ts": max(ev["ts"], forgot_ts),
-                                                "expires": expires}))
+                self.history.update(_FORGOTTEN + json.dumps(
+                    {"ts": max(ev["ts"], forgot_ts), "expires": expires}))
                 ctx.timer_service().register_processing_time_timer(expires)
             else:
                 self.history.clear()
             return
-        recent = json.loads(raw) if raw else []
         w = self.p.weight(ev["type"], ev["value"])
         if self.p.counts_as_consumption(ev["type"], w):
             # One record per event: the item's statistics, and its pairs with the user's
@@ -62,10 +79,10 @@ class UserHistory(KeyedProcessFunction, LoggedOpen):
             yield Row(ev["item_id"], ev["type"], w, ev["ts"],
                       "\n".join(cooc_context(recent, ev["item_id"])))
         push_recent(recent, ev["item_id"], self.p.history_size)
-        self.history.update(json.dumps(recent))
+        self.history.update("\n".join(recent))
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
-        raw = self.history.value()
-        if raw and raw.startswith("{") and timestamp >= json.loads(raw)["expires"]:
+        _, forgotten = _read(self.history.value())
+        if forgotten is not None and timestamp >= forgotten["expires"]:
             self.history.clear()
         return ()

@@ -38,6 +38,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
+from contracts.messages import Event
 from recsys import recommender
 from recsys.catalog import CatalogIndex
 from recsys.recommender import ModelParams, Ranked
@@ -102,32 +103,13 @@ class Slot:
     applied_held: int = 0  # held events applied because their item arrived
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """An event as the step reads it (``contracts.messages.Event`` plus its source position)."""
-
-    user_id: str
-    item_id: str
-    type: str
-    ts: int
-    value: Optional[float] = None
-    event_id: str = ""
-    partition: int = -1
-    offset: int = -1
-
-    @classmethod
-    def of(cls, ev, partition: int = -1, offset: int = -1) -> "Incoming":
-        return cls(ev.user_id, ev.item_id, ev.type, ev.ts, ev.value, ev.event_id or "",
-                   partition, offset)
-
-
-def held(ev: Incoming, weight: float, now_ms: int) -> PendingEvent:
+def held(ev: Event, weight: float, now_ms: int) -> PendingEvent:
     """An event as held for an unknown item (and as dead-lettered)."""
-    return PendingEvent(ev.item_id, weight, ev.ts, ev.event_id, now_ms, ev.partition,
+    return PendingEvent(ev.item_id, weight, ev.ts, ev.event_id or "", now_ms, ev.partition,
                         ev.offset)
 
 
-def on_event(slot: Slot, ev: Incoming, cat: CatalogIndex, p: ModelParams, cfg: StepConfig,
+def on_event(slot: Slot, ev: Event, cat: CatalogIndex, p: ModelParams, cfg: StepConfig,
              model: str, now_ms: int, cooc: Optional[np.ndarray] = None) -> Iterator[Output]:
     """One event of the slot's user (see the module docstring). ``cooc``: the state's
     co-occurrence scores before the event, when the caller has them (saves recomputing)."""
@@ -156,7 +138,7 @@ def on_event(slot: Slot, ev: Incoming, cat: CatalogIndex, p: ModelParams, cfg: S
         yield Reject(held(ev, weight, now_ms), "item_deleted",
                      f"item {ev.item_id!r} was deleted from the catalog")
     elif recommender.observe(state, cat, p, ev.item_id, weight, ev.ts, cooc=cooc):
-        yield from make_due(slot, ev.event_id, ev.ts, cfg, now_ms)
+        yield from make_due(slot, ev.event_id or "", ev.ts, cfg, now_ms)
     elif state.add_pending(held(ev, weight, now_ms), p.max_pending):
         slot.held_delta += 1
         if len(state.pending) == 1:
@@ -292,11 +274,18 @@ class LocalUsers:
             state.model = self.model
         return state
 
-    def event(self, ev: Incoming, now_ms: int, cooc: Optional[np.ndarray] = None) -> list:
+    def event(self, ev: Event, now_ms: int, cooc: Optional[np.ndarray] = None,
+              stats=None) -> list:
+        """Step the event's user. ``stats`` (an ``item_stats.InlineItemStats``): then apply
+        the event to the item statistics too, with the user's recent items before it, as the
+        job's item branch does."""
         slot = Slot(self.states.get(ev.user_id))
+        recent = list(slot.state.history) if isinstance(slot.state, UserState) else []
         outs = list(self._run(ev.user_id, slot, on_event(
             slot, ev, self.cat, self.p, self.cfg, self.model, now_ms, cooc=cooc)))
         self._store(ev.user_id, slot)
+        if stats is not None:
+            stats.apply(recent, ev.item_id, ev.type, self.p.weight(ev.type, ev.value), ev.ts)
         return outs
 
     def tick(self, now_ms: int) -> list:

@@ -98,7 +98,7 @@ def reference_digests(items: list[dict], events: list[dict], settings: Settings,
     ranker's own per-event step (:class:`LocalUsers`) over the same catalog vectors."""
     from recsys.recommender import ModelParams
     from recsys.user_state import UserState
-    from recsys.user_step import Incoming, LocalUsers, StepConfig
+    from recsys.user_step import LocalUsers, StepConfig
     from streamrank.offline import catalog_of, embed_items
 
     v = settings.validation
@@ -112,7 +112,7 @@ def reference_digests(items: list[dict], events: list[dict], settings: Settings,
                                        max_id_length=v.max_id_length)
         except InvalidRecord:
             continue
-        users.event(Incoming.of(parsed_event), now_ms)
+        users.event(parsed_event, now_ms)
     users.flush()
     return {u: st.digest() for u, st in users.states.items() if isinstance(st, UserState)}
 

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from contracts.config import Settings
+from streamrank.progress import say
 from streamrank.kafka_local import LocalBroker, create_topics
 from streamrank.replay import make_producer, produce, read_events, read_items
 from streamrank.watch import JobProcess, RankingsReader, TopicReader, wait_for_catalog
@@ -28,9 +29,7 @@ RUN_DIR = Path(".run/demo")
 
 
 def _say(msg: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"\033[1m[demo]\033[0m {msg}")
+    say("demo", msg)
 
 
 def format_ranking(rec: dict, titles: dict[str, str], n: int = 5) -> str:

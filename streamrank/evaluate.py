@@ -22,11 +22,12 @@ from typing import Optional
 import numpy as np
 
 from contracts.config import Settings
+from contracts.messages import Event
 from recsys import metrics, ranking, recommender
 from recsys.catalog import CatalogIndex
 from recsys.item_stats import InlineItemStats
 from recsys.recommender import ModelParams
-from recsys.user_step import Incoming, LocalUsers, StepConfig
+from recsys.user_step import LocalUsers, StepConfig
 from streamrank.offline import catalog_of, embed_items
 from streamrank.replay import read_events, read_items
 
@@ -82,20 +83,18 @@ class Prequential:
                 sr_rows = [cat.row[x] for x in st.shown if x in cat.row]
         if positive and target is not None:
             self._score(user, st, target, sr_rows, cooc)
-        # Apply the event to the user, then to the item statistics (with the user's history
-        # before this event): in the job the statistics reach the ranker by broadcast, after
-        # the ranker has handled the event itself.
-        prev_history = list(st.history)
         if target is not None:
             vec = self.single.get(user)
             base = vec if vec is not None else np.zeros(cat.dim, np.float32)
             self.single[user] = ranking.update_interest(
                 base, cat.vector(item), weight, ts - self.last_ts.get(user, ts), p.alpha,
                 p.half_life_ms)
-        self.users.event(Incoming(user, item, ev["type"], ts, ev.get("value"),
-                                  ev.get("event_id") or ""), now_ms=0,
-                         cooc=None if self.mirror_job else cooc)
-        self.stats.apply(prev_history, item, ev["type"], weight, ts)
+        # Apply the event to the user, then to the item statistics (with the user's history
+        # before this event): in the job the statistics reach the ranker by broadcast, after
+        # the ranker has handled the event itself.
+        self.users.event(Event(user, item, ev["type"], ts, ev.get("value"),
+                               ev.get("event_id") or ""), now_ms=0,
+                         cooc=None if self.mirror_job else cooc, stats=self.stats)
         self.last_ts[user] = ts
 
     def _score(self, user: str, st, target: int, sr_rows: list[int], cooc) -> None:

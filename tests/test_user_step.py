@@ -6,10 +6,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from contracts.messages import Event
 from recsys.catalog import CatalogIndex
 from recsys.recommender import ModelParams
 from recsys.user_state import Forgotten, UserState
-from recsys.user_step import (Emit, Incoming, LocalUsers, Reject, Slot, StepConfig, Tombstone,
+from recsys.user_step import (Emit, LocalUsers, Reject, Slot, StepConfig, Tombstone,
                               on_event, on_timer, window_end)
 
 pytestmark = pytest.mark.unit
@@ -27,8 +28,8 @@ def catalog(n: int = 12, dim: int = 16, seed: int = 0) -> CatalogIndex:
     return cat
 
 
-def ev(item: str, n: int, kind: str = "click", user: str = "u", ts: int = 0) -> Incoming:
-    return Incoming(user, item, kind, ts or 1_000 + n, None, f"e{n}", 0, n)
+def ev(item: str, n: int, kind: str = "click", user: str = "u", ts: int = 0) -> Event:
+    return Event(user, item, kind, ts or 1_000 + n, None, f"e{n}", 0, n)
 
 
 def step(slot, e, cat, cfg=CFG, now=100, model="m"):
@@ -98,7 +99,7 @@ def test_deleted_items_are_refused():
 def test_forget_emits_the_due_ranking_then_a_tombstone_and_refuses_older_events():
     cat, slot = catalog(), Slot(None)
     step(slot, ev("i1", 1, ts=1_000), cat)
-    outs = step(slot, Incoming("u", "", "forget_user", 2_000), cat, now=150)
+    outs = step(slot, Event("u", "", "forget_user", 2_000), cat, now=150)
     assert [type(o) for o in outs] == [Emit, Tombstone] and outs[0].due.event_ids == ["e1"]
     assert slot.state == Forgotten(2_000, 150 + CFG.forget_memory_ms)
     late = step(slot, ev("i2", 2, ts=1_500), cat)
