@@ -7,6 +7,7 @@ a user runs it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ from typing import Optional
 import yaml
 
 from contracts.config import REPO_ROOT, Settings, file_and_environment
+
+log = logging.getLogger("streamrank.watch")
 
 PROBE_USER = "__streamrank_probe__"
 
@@ -72,16 +75,37 @@ class JobProcess:
             return "(no log)"
 
     def stop(self, grace_s: float = 15.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        """Stop the job's whole process group: the Python process and the JVM it started (the
+        Flink gateway), which can outlive it when a shutdown hook hangs; whatever is left
+        after ``grace_s`` is killed."""
+        if self.proc is not None:
+            group = self.proc.pid
+            if self.proc.poll() is None:
+                os.killpg(group, signal.SIGTERM)
+                try:
+                    self.proc.wait(grace_s)
+                except subprocess.TimeoutExpired:
+                    os.killpg(group, signal.SIGKILL)
+                    self.proc.wait()
+            deadline = time.monotonic() + grace_s
+            while _group_alive(group) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _group_alive(group):
+                log.warning("job processes outlived the job by %.0fs; killing them", grace_s)
+                os.killpg(group, signal.SIGKILL)
         if self._conf_file:
             Path(self._conf_file).unlink(missing_ok=True)
             self._conf_file = None
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 class TopicReader:
