@@ -139,6 +139,7 @@ class RankingSettings:
     emit_window_ms: int
     max_covered_events: int
     batch_max_users: int
+    kernel_precision: Literal["auto", "bf16", "fp32"]
 
 
 @dataclass(frozen=True)

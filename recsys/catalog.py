@@ -39,6 +39,7 @@ class CatalogIndex:
         self.earlier: dict[str, dict[str, float]] = {}
         self._nbr_arrays: dict[str, "_NeighbourArrays"] = {}
         self._n = 0
+        self.vectors_version = 0  # bumped whenever a row's vector changes (kernel caches)
         self._free: list[int] = []  # deleted rows a new item may take over
         # Recently deleted ids (after their row is taken over too), oldest first, bounded.
         self._gone: dict[str, None] = {}
@@ -105,6 +106,7 @@ class CatalogIndex:
                 self._ann_changed = True
         self.matrix[r] = vec
         self.deleted[r] = False
+        self.vectors_version += 1
         return r
 
     def _new_row(self, item_id: str, title: str) -> int:
@@ -289,6 +291,11 @@ class CatalogIndex:
         """View of the filled rows (deleted rows included; mask them with ``deleted``)."""
         return self.matrix[: self._n]
 
+    def rows_of(self, item_ids) -> np.ndarray:
+        """The rows of those ids that are in the catalog."""
+        get = self.row.get
+        return np.fromiter((r for r in map(get, item_ids) if r is not None), np.int64)
+
     def exclusion_mask(self, seen_ids) -> np.ndarray:
         mask = self.deleted[: self._n].copy()
         for item_id in seen_ids:
@@ -296,6 +303,11 @@ class CatalogIndex:
             if r is not None:
                 mask[r] = True
         return mask
+
+    @property
+    def stats_version(self) -> int:
+        """Bumped whenever an item's statistics change (caches of derived vectors)."""
+        return self._stats_version
 
     def relative_log_counts(self) -> np.ndarray:
         """log1p(count) of every row relative to the largest (the popularity feature); the

@@ -36,3 +36,42 @@ def mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> list[
         value = base - (1.0 - lam) * max_sim
         value[chosen] = -np.inf
     return chosen
+
+
+def mmr_batch(relevance: list[np.ndarray], vectors: list[np.ndarray], k: int,
+              lam: float) -> list[list[int]]:
+    """:func:`mmr` for several users at once (each its own candidates, padded to the longest
+    list): the same picks, with the similarity matrices and each of the ``k`` greedy steps
+    computed for all users together."""
+    sizes = [r.shape[0] for r in relevance]
+    m = max(sizes, default=0)
+    if lam >= 1.0 or m <= 1 or len(relevance) == 1:
+        return [mmr(r, v, k, lam) for r, v in zip(relevance, vectors)]
+    users = len(relevance)
+    rel = np.full((users, m), -np.inf)
+    vec = np.zeros((users, m, vectors[0].shape[1]), np.float32)
+    for u, (r, v) in enumerate(zip(relevance, vectors)):
+        rel[u, : sizes[u]] = r
+        vec[u, : sizes[u]] = v
+    valid = np.isfinite(rel)
+    lo = np.where(valid, rel, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(valid, rel, -np.inf).max(axis=1, keepdims=True)
+    span = hi - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(span > 0, (rel - lo) / np.where(span > 0, span, 1.0), 0.0)
+    base = np.where(valid, lam * norm, -np.inf)
+    sims = vec @ vec.transpose(0, 2, 1)
+    steps = min(k, m)
+    chosen = np.zeros((users, steps), np.int64)
+    at = np.arange(users)
+    value, max_sim = base.copy(), None
+    for t in range(steps):
+        best = np.argmax(value, axis=1)  # ties: the lower position
+        chosen[:, t] = best
+        if t == steps - 1:
+            break
+        s = sims[at, best]
+        max_sim = s.astype(np.float32) if max_sim is None else np.maximum(max_sim, s)
+        value = base - (1.0 - lam) * max_sim
+        value[at[:, None], chosen[:, : t + 1]] = -np.inf
+    return [chosen[u, : min(k, sizes[u])].tolist() for u in range(users)]

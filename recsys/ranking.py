@@ -87,6 +87,21 @@ def softplus(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def trending_feature(log_pop: np.ndarray, log_pop_top: float, now_ts: int,
+                     half_life_ms: float) -> np.ndarray:
+    """log1p(trend) / log1p(top trend), the trend of an item being ``exp(log_pop - decay)``
+    at ``now_ts``: computed in log space (``log1p(exp(x))`` as a stable softplus), so any
+    valid timestamp works, however old the event or short the half-life."""
+    decay = now_ts * math.log(2.0) / half_life_ms
+    top = float(softplus(np.array([log_pop_top - decay]))[0])
+    out = np.zeros(log_pop.shape[0])
+    if top <= 0:  # every trend underflows to 0
+        return out
+    finite = np.isfinite(log_pop)
+    out[finite] = softplus(log_pop[finite] - decay) / top
+    return out
+
+
 def top_k(scores: np.ndarray, k: int, exclude: Optional[np.ndarray] = None) -> np.ndarray:
     """Indices of the ``k`` highest scores, best first, skipping ``exclude`` (bool mask or
     index array). Ties keep the lower index first. Fewer than ``k`` when too few remain."""

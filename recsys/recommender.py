@@ -23,12 +23,13 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from recsys import diversity, fusion, interests, ranking
+from recsys import diversity, fusion, interests, kernel, ranking, scoring
 from recsys.catalog import CatalogIndex
+from recsys.ranking import trending_feature  # noqa: F401  (re-exported)
+from recsys.scoring import COOC_FLOOR
 from recsys.user_state import UserState
 
 F_CONTENT, F_COOC, F_POP, F_TREND = range(4)
-COOC_FLOOR = 1e-6  # relative co-occurrence mapped to feature 0
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ModelParams:
     ann_nprobe: int
     popular_candidates: int
     reason_title_chars: int
+    kernel_precision: str = "fp32"
 
     @classmethod
     def defaults(cls, **overrides) -> "ModelParams":
@@ -84,7 +86,8 @@ class ModelParams:
             mmr_candidates=r.mmr_candidates, max_seen=r.max_seen, max_pending=r.max_pending,
             cooc_positive_only=r.cooc_positive_only, exact_max_items=r.exact_max_items,
             ann_candidates=r.ann_candidates, ann_nprobe=r.ann_nprobe,
-            popular_candidates=r.popular_candidates, reason_title_chars=r.reason_title_chars)
+            popular_candidates=r.popular_candidates, reason_title_chars=r.reason_title_chars,
+            kernel_precision=r.kernel_precision)
 
     @property
     def prior(self) -> np.ndarray:
@@ -103,30 +106,18 @@ class ModelParams:
 
 def cooc_scores(state: UserState, cat: CatalogIndex, p: ModelParams,
                 contributions: bool = False):
-    """Co-occurrence score of every catalog row with the user's recent history."""
+    """Co-occurrence score of every catalog row with the user's recent history (and, with
+    ``contributions``, the (item, rows, parts) pieces it is summed from)."""
     n = cat.size
-    counts = cat.counts()
-    per_item = []
-    all_rows, all_parts = [], []
-    for age, x in enumerate(reversed(state.history)):
-        rows, c = cat.neighbour_arrays(x)
-        if rows.size == 0:
-            continue
-        rx = cat.row.get(x)
-        nx = counts[rx] if rx is not None and counts[rx] > 0 else max(float(c.max()), 1.0)
-        part = (p.history_decay ** age) * c / math.sqrt(nx)
-        all_rows.append(rows)
-        all_parts.append(part)
-        if contributions:
-            per_item.append((x, rows, part))
-    if all_rows:  # one scatter-add for the whole history (np.add.at per item is ~10x slower)
-        rows = np.concatenate(all_rows)
-        scores = np.bincount(rows, weights=np.concatenate(all_parts), minlength=n)[:n]
+    items, rows_l, parts_l = scoring.cooc_pieces(state, cat, p)
+    if rows_l:  # one scatter-add for the whole history (np.add.at per item is ~10x slower)
+        rows = np.concatenate(rows_l)
+        scores = np.bincount(rows, weights=np.concatenate(parts_l), minlength=n)[:n]
         hit = np.unique(rows)  # normalise only the rows that co-occur (the rest stay 0)
-        scores[hit] /= np.sqrt(np.maximum(counts[hit], 1.0))
+        scores[hit] /= np.sqrt(np.maximum(cat.counts()[hit], 1.0))
     else:
         scores = np.zeros(n)
-    return (scores, per_item) if contributions else scores
+    return (scores, list(zip(items, rows_l, parts_l))) if contributions else scores
 
 
 def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
@@ -155,27 +146,8 @@ def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
         feats[:, F_COOC] = np.maximum(
             1.0 + np.log(sel(co) / top + COOC_FLOOR) / -math.log(COOC_FLOOR), 0.0)
     feats[:, F_POP] = sel(cat.relative_log_counts())
-    lp_all = cat.popularity()
-    lp_top = float(lp_all.max())
-    if math.isfinite(lp_top):
-        feats[:, F_TREND] = trending_feature(sel(lp_all), lp_top, now_ts,
-                                             p.popularity_half_life_ms)
+    feats[:, F_TREND] = sel(scoring.trend_vector(cat, now_ts, p.popularity_half_life_ms))
     return feats
-
-
-def trending_feature(log_pop: np.ndarray, log_pop_top: float, now_ts: int,
-                     half_life_ms: float) -> np.ndarray:
-    """log1p(trend) / log1p(top trend), the trend of an item being ``exp(log_pop - decay)``
-    at ``now_ts``: computed in log space (``log1p(exp(x))`` as a stable softplus), so any
-    valid timestamp works, however old the event or short the half-life."""
-    decay = now_ts * math.log(2.0) / half_life_ms
-    top = float(ranking.softplus(np.array([log_pop_top - decay]))[0])
-    out = np.zeros(log_pop.shape[0])
-    if top <= 0:  # every trend underflows to 0
-        return out
-    finite = np.isfinite(log_pop)
-    out[finite] = ranking.softplus(log_pop[finite] - decay) / top
-    return out
 
 
 def candidate_rows(state: UserState, cat: CatalogIndex, p: ModelParams,
@@ -201,11 +173,79 @@ class Ranked:
 
 
 def rank(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
-         explain: bool = True, cooc: Optional[np.ndarray] = None,
-         exact: Optional[bool] = None, content: Optional[np.ndarray] = None) -> Ranked:
-    """The user's top-k: fused scores, seen and deleted items excluded, MMR diversity.
-    Catalogs over ``p.exact_max_items`` rows score only ``candidate_rows`` (``exact``
-    forces either way). ``content``: precomputed content scores of every row (exact only)."""
+         explain: bool = True, exact: Optional[bool] = None) -> Ranked:
+    """The user's top-k: :func:`rank_batch` for one user."""
+    return rank_batch([(state, now_ts)], cat, p, explain=explain, exact=exact)[0]
+
+
+def rank_batch(requests: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: ModelParams,
+               explain: bool = True, chunk: int = 64,
+               exact: Optional[bool] = None) -> list[Ranked]:
+    """The top-k of several users (``requests``: (state, event time) pairs, at most one per
+    user): fused scores, seen and deleted items excluded, MMR diversity, a reason per item.
+
+    Catalogs up to ``p.exact_max_items`` rows (or ``exact``) go through the batched kernel
+    (:mod:`recsys.scoring`), ``chunk`` users per matrix product, in the precision
+    ``p.kernel_precision`` resolves to; larger ones score each user's candidate rows
+    (:func:`rank_one`)."""
+    if cat.size == 0:
+        return [Ranked([], [], []) for _ in requests]
+    if exact is None:
+        exact = cat.size <= p.exact_max_items
+    if not exact:
+        return [rank_one(st, cat, p, ts, explain=explain, exact=False) for st, ts in requests]
+    precision = kernel.chosen(p.kernel_precision)
+    out: list[Ranked] = []
+    for start in range(0, len(requests), max(1, chunk)):
+        out.extend(_rank_exact(requests[start:start + chunk], cat, p, explain, precision))
+    return out
+
+
+def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: ModelParams,
+                explain: bool, precision: str) -> list[Ranked]:
+    """:func:`rank_batch` over the whole catalog: the fused scores of all users as one
+    [users, n] array (see :mod:`recsys.scoring`)."""
+    states = [st for st, _ in part]
+    n = cat.size
+    content = scoring.content_matrix(states, cat, precision)
+    pieces = [scoring.cooc_pieces(st, cat, p) for st in states]
+    cooc = scoring.cooc_feature(scoring.cooc_matrix(pieces, cat))
+    pop = cat.relative_log_counts()
+    trends = [scoring.trend_vector(cat, ts, p.popularity_half_life_ms) for _, ts in part]
+    w = np.array([user_weights(st, p) for st in states])
+    scores = content * w[:, [F_CONTENT]]
+    scores += cooc * w[:, [F_COOC]]
+    scores += pop[None, :] * w[:, [F_POP]]
+    scores += np.stack(trends) * w[:, [F_TREND]]
+    scores[:, cat.deleted[:n]] = -np.inf
+    for u, st in enumerate(states):
+        seen = cat.rows_of(st.seen)
+        if seen.size:
+            scores[u, seen] = -np.inf
+    pool = scoring.pools(scores, max(p.k, p.mmr_candidates))
+    mat = cat.live_matrix()
+    picked = diversity.mmr_batch([scores[u, r] for u, r in enumerate(pool)],
+                                 [mat[r] for r in pool], p.k, p.mmr_lambda)
+    out = []
+    for u, (st, _) in enumerate(part):
+        rows = pool[u][picked[u]] if len(picked[u]) else np.empty(0, np.int64)
+        reasons = [""] * len(rows)
+        if explain and len(rows):
+            feats = np.stack([content[u, rows], cooc[u, rows], pop[rows], trends[u][rows]],
+                             axis=1).astype(np.float64)
+            reasons = explain_rows(st, cat, p, rows.tolist(), feats, w[u],
+                                   list(zip(*pieces[u])))
+        out.append(Ranked(rows.tolist(), scores[u, rows].tolist(), reasons))
+    return out
+
+
+def rank_one(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
+             explain: bool = True, cooc: Optional[np.ndarray] = None,
+             exact: Optional[bool] = None, content: Optional[np.ndarray] = None) -> Ranked:
+    """One user's top-k, one feature matrix at a time, in fp32: the path of catalogs over
+    ``p.exact_max_items`` rows, which score only ``candidate_rows`` (``exact`` forces either
+    way), and the reference the batched kernel is tested against. ``content``: precomputed
+    content scores of every row (exact only)."""
     if cat.size == 0:
         return Ranked([], [], [])
     per_item = None
@@ -233,45 +273,6 @@ def rank(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     return Ranked(rows, [float(scores[i]) for i in at], reasons)
 
 
-def content_scores_batch(states: Sequence[UserState],
-                         cat: CatalogIndex) -> list[Optional[np.ndarray]]:
-    """Exact content scores of every catalog row for several users, from one matrix product
-    of all their centroids with the catalog: on 2 cores ~0.22 ms per user of 4 centroids
-    against 9,742 x 384 items, vs ~0.8 ms for one user's matrix-vector products (a GEMM
-    reuses each catalog row for every centroid while it is in cache). None for a user
-    without interests (content 0)."""
-    owners, blocks = [], []
-    for i, st in enumerate(states):
-        if st.has_interest and st.dim == cat.dim:
-            owners.append((i, st.centroids.shape[0]))
-            blocks.append(st.centroids)
-    out: list[Optional[np.ndarray]] = [None] * len(states)
-    if not blocks or cat.size == 0:
-        return out
-    scores = np.vstack(blocks) @ cat.live_matrix().T  # [all centroids, n]
-    at = 0
-    for i, m in owners:
-        out[i] = scores[at] if m == 1 else scores[at:at + m].max(axis=0)
-        at += m
-    return out
-
-
-def rank_batch(requests: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: ModelParams,
-               explain: bool = True, chunk: int = 64) -> list[Ranked]:
-    """:func:`rank` for several users at once (``requests``: (state, event time) pairs, at
-    most one per user): the same rankings, with the content scores of an exact catalog
-    computed ``chunk`` users per matrix product. Larger catalogs score candidates per user."""
-    out: list[Ranked] = []
-    for start in range(0, len(requests), max(1, chunk)):
-        part = requests[start:start + chunk]
-        contents: list[Optional[np.ndarray]] = [None] * len(part)
-        if 1 < len(part) and cat.size <= p.exact_max_items:
-            contents = content_scores_batch([st for st, _ in part], cat)
-        out.extend(rank(st, cat, p, ts, explain=explain, content=c)
-                   for (st, ts), c in zip(part, contents))
-    return out
-
-
 def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequence[int],
                  feats: np.ndarray, w: np.ndarray, per_item=None) -> list[str]:
     """A short reason per ranked row, from the signal that contributed most to its score.
@@ -282,7 +283,7 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
         _, per_item = cooc_scores(state, cat, p, contributions=True)
     best = np.argmax(feats * w, axis=1).tolist() if len(feats) else []
     # For the rows explained by co-occurrence: the history item that contributed most (the
-    # first one on ties), found with one lookup per history item.
+    # first one on ties).
     by_cooc = [r for r, b in zip(rows, best) if b == F_COOC]
     cooc_from: dict[int, str] = {}
     if by_cooc:
@@ -296,12 +297,17 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
                 if v > top_v[j]:
                     top_v[j] = v
                     cooc_from[by_cooc[j]] = x
+    by_content = [r for r, b in zip(rows, best) if b == F_CONTENT] if hist_rows else []
+    similar: dict[int, int] = {}
+    if by_content:  # each such row's most similar recent item, from one product
+        mat = cat.live_matrix()
+        sims = mat[by_content] @ mat[hist_rows].T
+        similar = dict(zip(by_content, np.argmax(sims, axis=1).tolist()))
     out = []
     for r, b in zip(rows, best):
         reason = "trending now" if b == F_TREND else "popular"
         if b == F_CONTENT and hist_rows:
-            sims = cat.live_matrix()[hist_rows] @ cat.live_matrix()[r]
-            reason = "similar to " + cite(cat.titles[hist_rows[int(np.argmax(sims))]],
+            reason = "similar to " + cite(cat.titles[hist_rows[similar[r]]],
                                           p.reason_title_chars)
         elif b == F_CONTENT:
             reason = "matches your interests"

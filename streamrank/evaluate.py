@@ -77,7 +77,7 @@ class Prequential:
             if not self.mirror_job:
                 # What the user was shown before this event: the job emitted it after the
                 # user's previous event. Both the evaluated list and the learner's negatives.
-                sr_rows = recommender.rank(st, cat, p, ts, explain=False, cooc=cooc).rows
+                sr_rows = recommender.rank(st, cat, p, ts, explain=False).rows
                 st.shown = [cat.ids[r] for r in sr_rows]
             elif positive:
                 sr_rows = [cat.row[x] for x in st.shown if x in cat.row]

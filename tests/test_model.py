@@ -187,33 +187,3 @@ def test_learning_moves_weights_towards_the_signal_that_predicted_the_choice():
     assert w is not None
     assert w[recommender.F_COOC] > p.prior[recommender.F_COOC]
     assert w[recommender.F_CONTENT] < p.prior[recommender.F_CONTENT]
-
-
-def test_batched_ranking_equals_ranking_each_user_alone():
-    """rank_batch (one matrix product for the content scores of many users) gives every user
-    the ranking rank() gives them alone: users with 0 to 4 centroids, learned weights,
-    seen items and co-occurrence history."""
-    rng = np.random.default_rng(11)
-    cat = CatalogIndex(32)
-    for i in range(500):
-        cat.upsert(f"i{i}", f"T{i}", rng.standard_normal(32).astype(np.float32))
-        cat.set_popularity(f"i{i}", float(rng.normal()), float(rng.integers(1, 50)))
-    for i in range(0, 500, 7):
-        cat.set_neighbours(f"i{i}", {f"i{(i * 3 + j) % 500}": float(j + 1) for j in range(20)})
-    p = ModelParams.defaults(max_centroids=4, centroid_open_threshold=0.9)
-    requests = []
-    for u in range(37):
-        st = UserState.empty(32)
-        for j in range(u % 9):  # 0..8 events; dissimilar items open up to 4 centroids
-            item = f"i{int(rng.integers(0, 500))}"
-            recommender.observe(st, cat, p, item, 1.0, 1000 + j)
-        if u % 5 == 0:
-            st.weights = np.array([0.5, 1.0, 0.1, 0.2])
-        requests.append((st, 2000 + u))
-    assert {st.centroids.shape[0] for st, _ in requests} >= {0, 1, 2, 3, 4}
-    alone = [recommender.rank(st, cat, p, ts) for st, ts in requests]
-    together = recommender.rank_batch(requests, cat, p, chunk=16)
-    assert [r.rows for r in together] == [r.rows for r in alone]
-    assert [r.reasons for r in together] == [r.reasons for r in alone]
-    for a, b in zip(alone, together):
-        np.testing.assert_allclose(b.scores, a.scores, rtol=1e-5, atol=1e-6)

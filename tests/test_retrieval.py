@@ -71,14 +71,15 @@ def test_features_of_a_slice_equal_the_full_matrix_rows():
 
 def test_candidate_ranking_equals_exact_when_candidates_cover_the_catalog():
     cat = catalog(800)
-    p = ModelParams.defaults(ann_candidates=800, popular_candidates=800, ann_nprobe=10_000)
+    p = ModelParams.defaults(ann_candidates=800, popular_candidates=800, ann_nprobe=10_000,
+                             kernel_precision="fp32")  # the kernel's fp32 against the reference
     for seed in range(5):
         state = user(cat, p, 12, seed)
         exact = recommender.rank(state, cat, p, 2_000_000, exact=True)
         approx = recommender.rank(state, cat, p, 2_000_000, exact=False)
         assert approx.rows == exact.rows
         assert approx.reasons == exact.reasons
-        np.testing.assert_allclose(approx.scores, exact.scores, rtol=1e-12)
+        np.testing.assert_allclose(approx.scores, exact.scores, rtol=1e-6)
 
 
 def test_large_catalogs_score_candidates_and_keep_recall():

@@ -1,0 +1,86 @@
+"""The batched scoring kernel (``recsys.scoring``, ``recsys.kernel``): the same top-k as the
+one-user reference (``recommender.rank_one``) in fp32, and how far bf16 moves it."""
+
+import numpy as np
+import pytest
+
+from recsys import diversity, kernel, recommender
+from recsys.catalog import CatalogIndex
+from recsys.recommender import ModelParams
+from recsys.user_state import UserState
+
+pytestmark = pytest.mark.unit
+
+
+def _catalog_and_users(seed: int = 11, n: int = 500, users: int = 37):
+    rng = np.random.default_rng(seed)
+    cat = CatalogIndex(32)
+    for i in range(n):
+        cat.upsert(f"i{i}", f"T{i}", rng.standard_normal(32).astype(np.float32))
+        cat.set_popularity(f"i{i}", float(rng.normal()), float(rng.integers(1, 50)))
+    for i in range(0, n, 7):
+        cat.set_neighbours(f"i{i}", {f"i{(i * 3 + j) % n}": float(j + 1) for j in range(20)})
+    cat.delete("i3")
+    p = ModelParams.defaults(max_centroids=4, centroid_open_threshold=0.9,
+                             kernel_precision="fp32")
+    requests = []
+    for u in range(users):
+        st = UserState.empty(32)
+        for j in range(u % 9):  # 0..8 events; dissimilar items open up to 4 centroids
+            item = f"i{int(rng.integers(0, n))}"
+            recommender.observe(st, cat, p, item, 1.0, 1000 + j)
+        if u % 5 == 0:
+            st.weights = np.array([0.5, 1.0, 0.1, 0.2])
+        requests.append((st, 2000 + u))
+    return cat, p, requests
+
+
+def test_batched_kernel_in_fp32_equals_the_one_user_reference():
+    """Users with 0 to 4 centroids, learned weights, seen items, co-occurrence history and a
+    deleted item: every user's rows, reasons and scores are the reference's."""
+    cat, p, requests = _catalog_and_users()
+    assert {st.centroids.shape[0] for st, _ in requests} >= {0, 1, 2, 3, 4}
+    alone = [recommender.rank_one(st, cat, p, ts, exact=True) for st, ts in requests]
+    together = recommender.rank_batch(requests, cat, p, chunk=16)
+    assert [r.rows for r in together] == [r.rows for r in alone]
+    assert [r.reasons for r in together] == [r.reasons for r in alone]
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(b.scores, a.scores, rtol=1e-5, atol=1e-6)
+    # A batch of one user is the same kernel.
+    assert recommender.rank(requests[5][0], cat, p, requests[5][1]).rows == alone[5].rows
+
+
+def test_mmr_batch_equals_mmr_for_each_user():
+    rng = np.random.default_rng(3)
+    rel = [rng.standard_normal(m) for m in (50, 7, 1, 0, 50, 2)]
+    vec = [rng.standard_normal((len(r), 16)).astype(np.float32) for r in rel]
+    vec = [v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9) for v in vec]
+    rel[4][:] = 0.5  # all ties
+    for lam in (0.3, 0.7, 1.0):
+        assert diversity.mmr_batch(rel, vec, 10, lam) == \
+            [diversity.mmr(r, v, 10, lam) for r, v in zip(rel, vec)]
+
+
+def test_bf16_kernel_agrees_with_fp32(capsys):
+    """bf16 rounds the vectors to 8 mantissa bits: the cosines move by ~1e-3 and a near tie
+    can swap. Reported (run with -s), and bounded: at least 90% of each top-k is shared."""
+    pytest.importorskip("torch")
+    cat, p, requests = _catalog_and_users(seed=5, n=2000, users=64)
+    fp32 = recommender.rank_batch(requests, cat, p, explain=False)
+    bf16 = recommender.rank_batch(requests, cat, ModelParams.defaults(
+        max_centroids=4, centroid_open_threshold=0.9, kernel_precision="bf16"), explain=False)
+    shared = [len(set(a.rows) & set(b.rows)) / max(len(a.rows), 1) for a, b in zip(fp32, bf16)]
+    same_order = np.mean([a.rows == b.rows for a, b in zip(fp32, bf16)])
+    q = np.stack([st.centroids[0] for st, _ in requests if st.has_interest])
+    err = np.abs(kernel.centroid_scores(q, cat, "bf16") - kernel.centroid_scores(q, cat, "fp32"))
+    with capsys.disabled():
+        print(f"\nbf16 vs fp32 over {len(requests)} users: top-{p.k} shared {np.mean(shared):.3f}"
+              f", same order {same_order:.3f}, max cosine error {err.max():.2e}")
+    assert np.mean(shared) >= 0.9 and err.max() < 1e-2
+
+
+def test_auto_precision_follows_the_cpu():
+    assert kernel.resolve("fp32") == "fp32" and kernel.resolve("bf16") == "bf16"
+    assert kernel.resolve("auto") == ("bf16" if kernel.cpu_has_native_bf16() else "fp32")
+    with pytest.raises(ValueError):
+        kernel.resolve("fp8")
