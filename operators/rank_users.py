@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from operators.catalog_mirror import CatalogMirror
 from operators.common import LoggedOpen, user_ttl
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
 from operators.types import DLQ_TAG, STATE_BYTES
-from recsys import recommender, user_step
+from recsys import kernel, recommender, user_step
 from recsys.recommender import ModelParams, Ranked
 from recsys.user_state import Forgotten, UserState, decode_profile
 from recsys.user_step import Emit, Reject, Slot, StepConfig, Tombstone
@@ -60,7 +61,9 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
 
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "rank-users")
-        self.p = ModelParams.from_settings(self.cfg)
+        self.p = dataclasses.replace(ModelParams.from_settings(self.cfg),
+                                     kernel_precision=kernel.for_taskmanager(
+                                         self.cfg.kernel_precision))
         self.step = StepConfig.from_settings(self.cfg)
         descriptor = ValueStateDescriptor("profile", STATE_BYTES)
         if self.cfg.user_ttl_hours > 0:

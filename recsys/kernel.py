@@ -11,6 +11,13 @@ accumulation); ``tests/test_kernel.py`` reports how often that changes a top-k.
 
 Without native bf16 (AVX2-only CPUs) bf16 would be emulated and slower than fp32, so
 ``auto`` takes fp32 there, and torch is never imported.
+
+Inside a PyFlink 2.2 TaskManager in thread mode the ranker computes in fp32 whatever the
+setting (:func:`for_taskmanager`): there the first torch product called from the ranker's
+thread never returned (py-spy: stuck in ``linear``; with one intra-op thread and with oneDNN
+held below AMX alike), as ``import torch`` did in embed-items' chain. ``streamrank eval``
+and the bench's loop use the configured precision; on a bf16 host their lists share ~99.8%
+of the job's top-k (``tests/test_kernel.py`` reports it).
 """
 
 from __future__ import annotations
@@ -66,6 +73,15 @@ def chosen(precision: str) -> str:
         log.info("ranking kernel: %s (ranking.kernel_precision=%s; native bf16: %s)", got,
                  precision, cpu_has_native_bf16())
     return got
+
+
+def for_taskmanager(precision: str) -> str:
+    """The precision the Flink ranker uses: fp32 (see the module doc), logged when that
+    overrides the setting."""
+    if resolve(precision) != "fp32":
+        log.warning("ranking kernel: fp32 in the TaskManager (ranking.kernel_precision=%s): "
+                    "torch does not run inside PyFlink's thread mode", precision)
+    return "fp32"
 
 
 def centroid_scores(queries: np.ndarray, cat, precision: str) -> np.ndarray:
