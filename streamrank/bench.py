@@ -12,21 +12,24 @@ One invocation, phases run one after the other so they do not compete for the co
 2. **latency**: ``--latency-events`` more events at a fixed ``--rate``, then ~20 s at half the
    measured throughput; from each event's production to the first ranking that covers it,
    percentiles;
-3. **plain loop**: one Python process, kafka-python + numpy, reading the same ``items`` and
+3. **skeleton**: ``jobs/skeleton_job.py``, the job's sources, sinks, parsing, keying and state
+   accesses without its model, on the time-ordered events: the ceiling of the job's shape
+   (``ratio_vs_skeleton``; MiniCluster runs only);
+4. **plain loop**: one Python process, kafka-python + numpy, reading the same ``items`` and
    ``events`` topics and running the same per-event step with the same per-window
    coalescing (``recsys.user_step.LocalUsers``), the item statistics inline, writing
    rankings to its own topic; events/s over all the events;
-4. **embedding**: texts/s of the configured model at fp32, bf16 and int8 (CPU), with the fast
+5. **embedding**: texts/s of the configured model at fp32, bf16 and int8 (CPU), with the fast
    paths' mean cosine to fp32;
-5. **scale**: the ranker alone on the catalog, exact, and on a derived catalog of
+6. **scale**: the ranker alone on the catalog, exact, and on a derived catalog of
    ``--scale-items`` rows through candidates + ANN.
 
-Phases 1 and 2 are here; the plain loop is ``bench_loop.py``, phases 4 and 5
+Phases 1-3 are here; the plain loop (4) is ``bench_loop.py``, phases 5 and 6
 ``bench_ranker.py``.
 
 Writes ``bench.json`` and ``bench.png`` under ``--out``; the last line printed is one JSON
 object with ``events_per_s``, ``interleaved_events_per_s``, ``loop_events_per_s``,
-``ratio_vs_loop``, ``p50_ms``,
+``ratio_vs_loop``, ``skeleton_events_per_s``, ``ratio_vs_skeleton``, ``p50_ms``,
 ``p95_ms``, ``p99_ms``, ``catalog``, ``parallelism`` and more.
 """
 
@@ -211,6 +214,40 @@ def _job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[di
     return result
 
 
+def _skeleton_phase(settings: Settings, out: Path, events: list[dict], tag: str) -> dict:
+    """The job's skeleton (``jobs/skeleton_job.py``: the same sources, sinks, parsing, keying
+    and state accesses, no model) on its own topics, the time-ordered events all at once."""
+    from streamrank.kafka_local import create_topics
+    from streamrank.replay import make_producer
+    from streamrank.watch import JobProcess, RankingsReader
+
+    over = {"kafka.group_id": f"streamrank-bench-{tag}-skeleton",
+            "flink.checkpoint_dir": str((out / "checkpoints" / f"{tag}-skeleton").resolve())}
+    for role in ("events", "rankings"):
+        over[f"kafka.topics.{role}"] = f"bench-{tag}-skeleton-{role}"
+    settings = settings.replace(**over)
+    create_topics(settings.kafka)
+    prefix = f"s{tag}-"
+    events = [{**e, "event_id": f"{prefix}{i}"} for i, e in enumerate(events)]
+    job = JobProcess(settings, out / "skeleton.log", module="jobs.skeleton_job").start()
+    props = settings.kafka.properties
+    rankings = RankingsReader(settings.kafka.bootstrap_servers, settings.kafka.topics.rankings,
+                              props)
+    producer = make_producer(settings.kafka.bootstrap_servers, props)
+    try:
+        from streamrank.replay import produce
+
+        warm = [{**events[0], "event_id": f"{prefix}warm"}]  # the job is up once this is out
+        produce(producer, settings.kafka.topics.events, warm, "user_id", progress=False)
+        _wait_all(rankings, [warm[0]["event_id"]], job, timeout_s=300)
+        return _JobPhases(settings, job, rankings, producer).throughput(
+            events, "skeleton, time-ordered", prefix)
+    finally:
+        producer.close()
+        rankings.close()
+        job.stop()
+
+
 def _tool_phases(settings: Settings, items: list[dict], all_events: list[dict],
                  skip_embedding: bool, embed_texts: int, scale_items: int) -> dict:
     """The phases without the job: embedding speed, the ranker alone at catalog scale."""
@@ -243,6 +280,7 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
               skip_embedding: bool = False, scale_items: int = 100_000,
               taskmanagers: int = 0) -> dict:
     from jobs.runtime import prepare_process_environment
+    from recsys import kernel
     from streamrank.bench_loop import plain_loop
     from streamrank.kafka_local import LocalBroker, create_topics
     from streamrank.replay import read_events, read_items
@@ -268,7 +306,10 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
                     "latency_rate": rate, "cores": _cores(),
                     "delivery": settings.kafka.delivery_guarantee,
                     "state_backend": settings.flink.state_backend,
-                    "emit_window_ms": settings.ranking.emit_window_ms}
+                    "emit_window_ms": settings.ranking.emit_window_ms,
+                    "kernel_precision": {"job": kernel.for_taskmanager(
+                        settings.ranking.kernel_precision), "loop": kernel.chosen(
+                        settings.ranking.kernel_precision)}}
     _say(f"{len(items)} items, {events} + {events} (interleaved) + {latency_events} events, "
          f"parallelism {parallelism}")
     broker = LocalBroker(settings.local_kafka)
@@ -278,6 +319,11 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
         loop_topic = f"bench-{tag}-loop-rankings"
         create_topics(settings.kafka, extra=(loop_topic,))
         result.update(_job_phases(settings, out, taskmanagers, items, streams, rate))
+        if not taskmanagers:
+            result["skeleton"] = _skeleton_phase(settings, out, streams["burst"], tag)
+            result["skeleton_events_per_s"] = result["skeleton"]["events_per_s"]
+            result["ratio_vs_skeleton"] = round(
+                result["events_per_s"] / result["skeleton_events_per_s"], 3)
         _say("plain kafka-python + numpy loop, same topics, same step and coalescing")
         n_loop = sum(len(streams[k]) for k in ("burst", "interleaved", "paced", "sustained"))
         loop = plain_loop(settings, n_loop, loop_topic)
@@ -319,10 +365,11 @@ def _plot(result: dict, path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     ax = axes[0]
-    ax.bar(["job, time-ordered", "job, interleaved", "plain loop"],
+    ax.bar(["job,\ntime-ordered", "job,\ninterleaved", "skeleton,\ntime-ordered",
+            "plain loop"],
            [result.get("events_per_s") or 0, result.get("interleaved_events_per_s") or 0,
-            result.get("loop_events_per_s") or 0],
-           color=["#3b7dd8", "#7fb0ea", "#999999"])
+            result.get("skeleton_events_per_s") or 0, result.get("loop_events_per_s") or 0],
+           color=["#3b7dd8", "#7fb0ea", "#cccccc", "#999999"])
     ax.set_ylabel("events/s")
     ax.set_title(f"throughput, catalog {result['catalog']}, p={result['parallelism']}"
                  + (f", {result['parallelism']} TMs" if "cluster" in result["runtime"] else ""),

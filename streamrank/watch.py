@@ -31,8 +31,10 @@ PROBE_USER = "__streamrank_probe__"
 class JobProcess:
     """The streamrank job in its own process (a local MiniCluster), logging to a file."""
 
-    def __init__(self, settings: Settings, log_path: str | os.PathLike):
+    def __init__(self, settings: Settings, log_path: str | os.PathLike,
+                 module: str = "jobs.ranking_job"):
         self.settings = settings
+        self.module = module  # or the bench's jobs.skeleton_job
         self.log_path = Path(log_path)
         # Flink's own log (JobManager/TaskManager, and the Python operators' logging in
         # thread mode) goes next to the job's stdout log.
@@ -50,7 +52,7 @@ class JobProcess:
         log = open(self.log_path, "ab")
         env = dict(os.environ, FLINK_LOG_DIR=str(self.flink_log_dir.resolve()), **secret_env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.ranking_job", "--config", self._conf_file],
+            [sys.executable, "-m", self.module, "--config", self._conf_file],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env)
         log.close()

@@ -1,0 +1,96 @@
+"""The ranking job's skeleton: its shape without its model, the ceiling ``streamrank bench``
+compares the job with.
+
+The same Kafka source and sinks, the same ``ParseEvents``, the same keying (by user for the
+user history and the ranker, by item for the item branch) and the same state accesses (one
+value read and written per event in each keyed Python operator: user history, item branch,
+ranker), with a ranking record per event written to the rankings topic; no catalog, no
+broadcast, no scoring. What the real job runs above this is the cost of its model.
+
+Run by the bench: ``python -m jobs.skeleton_job --config FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pyflink.common import Row, Types  # noqa: E402
+from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext  # noqa: E402
+from pyflink.datastream.state import ValueStateDescriptor  # noqa: E402
+
+from contracts.config import Settings, load_settings, parse_set_args  # noqa: E402
+from contracts.messages import ranking_record  # noqa: E402
+from jobs import kafka_io  # noqa: E402
+from jobs.ranking_job import check_topics, create_environment  # noqa: E402
+from jobs.runtime import prepare_process_environment  # noqa: E402
+from operators.parse import ParseEvents  # noqa: E402
+from operators.types import EVENT_TYPE, KEYED_RECORD_TYPE, STATE_BYTES  # noqa: E402
+
+STATE_SIZE = 2048  # bytes read and written per event and operator (a user state's order)
+
+
+class _StateTouch(KeyedProcessFunction):
+    """One keyed value read and rewritten per element; ``emit`` says what goes on: the
+    element (to the next operator) or a ranking record (to the sink)."""
+
+    def __init__(self, emit: str):
+        self.emit = emit
+
+    def open(self, ctx: RuntimeContext) -> None:
+        self.state = ctx.get_state(ValueStateDescriptor("skeleton", STATE_BYTES))
+
+    def process_element(self, ev, ctx) -> Iterable:
+        raw = self.state.value()
+        self.state.update(raw if raw is not None else bytes(STATE_SIZE))
+        if self.emit == "ranking":
+            user = ev["user_id"]
+            yield Row(user.encode("utf-8"), ranking_record(
+                user_id=user, items=[], k=0, model="skeleton", event_ids=[ev["event_id"]],
+                event_ts=ev["ts"], emitted_ts=int(time.time() * 1000), catalog_size=0))
+        elif self.emit == "event":
+            yield ev
+
+
+def build_skeleton(env, t_env, settings: Settings) -> None:
+    kafka, topics = settings.kafka, settings.kafka.topics
+    events = (kafka_io.source_stream(t_env, kafka, topics.events, "events_source")
+              .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
+              .name("parse-events"))
+    # user history -> item branch (keyed by item); nothing comes back by broadcast
+    (events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
+     .process(_StateTouch("event"), output_type=EVENT_TYPE).name("user-history")
+     .key_by(lambda ev: ev["item_id"], key_type=Types.STRING())
+     .process(_StateTouch("none"), output_type=EVENT_TYPE).name("item-branch"))
+    rankings = (events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
+                .process(_StateTouch("ranking"), output_type=KEYED_RECORD_TYPE)
+                .name("rank-users"))
+    statements = t_env.create_statement_set()
+    statements.add_insert(kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
+                          t_env.from_data_stream(rankings))
+    statements.attach_as_datastream()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the streamrank job's skeleton.")
+    parser.add_argument("--config", help="YAML file merged over conf/streamrank.yaml")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    settings = load_settings(args.config, parse_set_args(args.set))
+    check_topics(settings)
+    prepare_process_environment()
+    env, t_env = create_environment(settings)
+    build_skeleton(env, t_env, settings)
+    env.execute("streamrank-skeleton")
+
+
+if __name__ == "__main__":
+    main()
