@@ -31,6 +31,12 @@ class Topics:
     rankings: str
     events_dlq: str
     items_dlq: str
+    interactions: str
+
+    @classmethod
+    def roles(cls) -> tuple[str, ...]:
+        """Every topic role (field), in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass(frozen=True)

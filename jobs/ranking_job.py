@@ -3,9 +3,9 @@
     items  -> parse -> embed (batched, cached) ----------------------------------.
            '-------------------------------------------------.               | broadcast
     events -> parse/validate --(bad)--> events-dlq            v               |
-              |-> key_by(user) -> rank (keyed state) <-----------------------+  -> rankings
-              '-> key_by(user) -> user history -> key_by(item) -> item branch '
-                                                  (statistics, co-occurrence)
+              '-> key_by(user) -> rank (keyed state) <-----------------------+  -> rankings
+                                   '-> interactions topic -> key_by(item) -> item branch
+                                                               (statistics, co-occurrence)
 
 Run it in a local MiniCluster with ``streamrank run``, or on a cluster with
 ``flink run -py jobs/ranking_job.py [--config FILE] [--set key=value ...]``.
@@ -36,14 +36,13 @@ from operators.types import (  # noqa: E402
     DEAD_LETTER_KIND,
     DLQ_TAG,
     EVENT_TYPE,
-    ITEM_EVENT_TYPE,
+    INTERACTIONS_TAG,
     ITEM_TYPE,
     KEYED_RECORD_TYPE,
     NEIGHBOURS_STATE,
     POPULARITY_STATE,
     VALUE_RECORD_TYPE,
 )
-from operators.user_history import UserHistory  # noqa: E402
 from contracts.config import Settings, load_settings, parse_set_args  # noqa: E402
 from contracts.kafka_clients import masked  # noqa: E402
 from jobs.runtime import flink_configuration, prepare_process_environment  # noqa: E402
@@ -114,15 +113,14 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
         .name("parse-events").uid("parse-events")
     )
-    # The item branch: each interaction (with the user's recent items) and the catalog, keyed
-    # by item; it broadcasts the statistics and co-occurrence counts of catalog items.
-    interactions = (
-        events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
-        .process(UserHistory(settings.ranking), output_type=ITEM_EVENT_TYPE)
-        .name("user-history").uid("user-history")
-    )
+    # The item branch: the interactions topic (each consumed item with the user's recent
+    # items, written by the rankers below) and the catalog, keyed by item; it broadcasts the
+    # statistics and co-occurrence counts of catalog items to the rankers. A topic closes
+    # the loop because a DataStream cannot.
+    interactions = kafka_io.source_stream(t_env, kafka, topics.interactions,
+                                          "interactions_source")
     item_stats = (
-        interactions.key_by(lambda r: r[0], key_type=Types.STRING())  # chained: positional Row
+        interactions.key_by(lambda r: bytes(r[0]).decode("utf-8"), key_type=Types.STRING())
         .connect(items.key_by(lambda it: it["item_id"], key_type=Types.STRING()))
         .process(ItemBranch(settings.ranking), output_type=CATALOG_UPDATE_TYPE)
         .name("item-branch").uid("item-branch")
@@ -149,6 +147,9 @@ def write_outputs(t_env: StreamTableEnvironment, settings: Settings, rankings, e
     statements.add_insert(
         kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
         t_env.from_data_stream(rankings))
+    statements.add_insert(
+        kafka_io.keyed_sink(t_env, kafka, topics.interactions, "interactions_sink"),
+        t_env.from_data_stream(rankings.get_side_output(INTERACTIONS_TAG)))
     # Dead letters: bad records from parsing, plus held events the ranker could not apply.
     statements.add_insert(
         kafka_io.value_sink(t_env, kafka, topics.events_dlq, "events_dlq_sink"),

@@ -2,10 +2,10 @@
 compares the job with.
 
 The same Kafka source and sinks, the same ``ParseEvents``, the same keying (by user for the
-user history and the ranker, by item for the item branch) and the same state accesses (one
-value read and written per event in each keyed Python operator: user history, item branch,
-ranker), with a ranking record per event written to the rankings topic; no catalog, no
-broadcast, no scoring. What the real job runs above this is the cost of its model.
+ranker, by item for the item branch, which reads the interactions topic the ranker writes)
+and the same state accesses (one value read and written per event in each of the two keyed
+Python operators), with a ranking record per event written to the rankings topic; no
+catalog, no broadcast, no scoring. What the real job runs above this is the cost of its model.
 
 Run by the bench: ``python -m jobs.skeleton_job --config FILE``.
 """
@@ -32,14 +32,16 @@ from jobs import kafka_io  # noqa: E402
 from jobs.ranking_job import check_topics, create_environment  # noqa: E402
 from jobs.runtime import prepare_process_environment  # noqa: E402
 from operators.parse import ParseEvents  # noqa: E402
-from operators.types import EVENT_TYPE, KEYED_RECORD_TYPE, STATE_BYTES  # noqa: E402
+from operators.codecs import pack_interaction  # noqa: E402
+from operators.types import (EVENT_TYPE, INTERACTIONS_TAG, KEYED_RECORD_TYPE,  # noqa: E402
+                             STATE_BYTES)
 
 STATE_SIZE = 2048  # bytes read and written per event and operator (a user state's order)
 
 
 class _StateTouch(KeyedProcessFunction):
-    """One keyed value read and rewritten per element; ``emit`` says what goes on: the
-    element (to the next operator) or a ranking record (to the sink)."""
+    """One keyed value read and rewritten per element; ``emit`` says what goes on: a ranking
+    record and an interaction (the ranker's outputs), or nothing."""
 
     def __init__(self, emit: str):
         self.emit = emit
@@ -55,8 +57,8 @@ class _StateTouch(KeyedProcessFunction):
             yield Row(user.encode("utf-8"), ranking_record(
                 user_id=user, items=[], k=0, model="skeleton", event_ids=[ev["event_id"]],
                 event_ts=ev["ts"], emitted_ts=int(time.time() * 1000), catalog_size=0))
-        elif self.emit == "event":
-            yield ev
+            yield INTERACTIONS_TAG, Row(ev["item_id"].encode("utf-8"), pack_interaction(
+                ev["type"], 1.0, ev["ts"], []))
 
 
 def build_skeleton(env, t_env, settings: Settings) -> None:
@@ -64,17 +66,19 @@ def build_skeleton(env, t_env, settings: Settings) -> None:
     events = (kafka_io.source_stream(t_env, kafka, topics.events, "events_source")
               .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
               .name("parse-events"))
-    # user history -> item branch (keyed by item); nothing comes back by broadcast
-    (events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
-     .process(_StateTouch("event"), output_type=EVENT_TYPE).name("user-history")
-     .key_by(lambda ev: ev["item_id"], key_type=Types.STRING())
-     .process(_StateTouch("none"), output_type=EVENT_TYPE).name("item-branch"))
     rankings = (events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
                 .process(_StateTouch("ranking"), output_type=KEYED_RECORD_TYPE)
                 .name("rank-users"))
+    # the interactions topic -> item branch (keyed by item); nothing comes back by broadcast
+    (kafka_io.source_stream(t_env, kafka, topics.interactions, "interactions_source")
+     .key_by(lambda r: bytes(r[0]).decode("utf-8"), key_type=Types.STRING())
+     .process(_StateTouch("none"), output_type=KEYED_RECORD_TYPE).name("item-branch"))
     statements = t_env.create_statement_set()
     statements.add_insert(kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
                           t_env.from_data_stream(rankings))
+    statements.add_insert(
+        kafka_io.keyed_sink(t_env, kafka, topics.interactions, "interactions_sink"),
+        t_env.from_data_stream(rankings.get_side_output(INTERACTIONS_TAG)))
     statements.attach_as_datastream()
 
 

@@ -3,7 +3,7 @@ checks at start). kafka-python only, no Flink."""
 
 from __future__ import annotations
 
-from contracts.config import KafkaSettings
+from contracts.config import KafkaSettings, Topics
 
 COMPACTED = {"items", "rankings"}
 
@@ -11,7 +11,7 @@ COMPACTED = {"items", "rankings"}
 def topic_specs(kafka: KafkaSettings) -> dict[str, dict[str, str]]:
     """Topic name -> topic configs, for every topic the job uses."""
     specs = {}
-    for role in ("items", "events", "rankings", "events_dlq", "items_dlq"):
+    for role in Topics.roles():
         name = getattr(kafka.topics, role)
         specs[name] = {"cleanup.policy": "compact"} if role in COMPACTED else {}
     return specs

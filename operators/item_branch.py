@@ -1,8 +1,8 @@
 """The keyed-by-item branch: item statistics and co-occurrence counts, for the rankers.
 
 One operator, one state value per item (:class:`recsys.item_stats.ItemRecord`), two
-inputs keyed by item id: the interactions (each with the user's recent items, from
-``UserHistory``) and the catalog (to know which ids are items). Only catalog items are
+inputs keyed by item id: the interactions topic (each consumed item with the user's recent
+items, written by the rankers) and the catalog (to know which ids are items). Only catalog items are
 broadcast to the rankers; an id that is not in the catalog is counted until
 ``ranking.unknown_item_ttl_ms`` after its first interaction (its held events may still be
 applied when it arrives) and then dropped, so random ids cannot grow the state.
@@ -21,6 +21,7 @@ from pyflink.common import Row
 from pyflink.datastream.functions import KeyedCoProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
+from operators.codecs import unpack_interaction
 from operators.flink_metrics import OperatorMetrics
 from operators.common import LoggedOpen, now_ms
 from recsys.item_stats import (COOC_DIRTY, KNOWN, STATS_DIRTY, ItemRecord, pack_counts,
@@ -52,21 +53,26 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         self._armed: dict[str, int] = {}
         m = OperatorMetrics(ctx)
         self.dropped = m.counter("unknown_items_dropped")
+        self.malformed = m.counter("interactions_malformed")
 
     # -- interactions ------------------------------------------------------------------------
 
-    def process_element1(self, ev, ctx) -> Iterable:
-        """``ev``: (item_id, type, weight, ts, context) with context the user's recent items
-        (newline-joined)."""
+    def process_element1(self, record, ctx) -> Iterable:
+        """``record``: an interactions-topic row (key, value, topic, partition, offset, ts),
+        the value ``codecs.pack_interaction``; the key (the item id) is the current key."""
+        try:
+            event_type, weight, ts, context = unpack_interaction(record[1])
+        except (ValueError, IndexError, UnicodeDecodeError, TypeError):
+            self.malformed.inc()  # not written by a ranker: nothing to count
+            return
         rec = ItemRecord.from_bytes(self.state.value())
-        updated = record_interaction(rec.log_pop, rec.count, rec.earlier, ev[1], ev[2], ev[3],
-                                     ev[4].split("\n") if ev[4] else (), self.p,
-                                     self.cfg.max_neighbours)
+        updated = record_interaction(rec.log_pop, rec.count, rec.earlier, event_type, weight,
+                                     ts, context, self.p, self.cfg.max_neighbours)
         if updated is None:
             return
         rec.log_pop, rec.count, changed = updated
         rec.flags |= STATS_DIRTY | (COOC_DIRTY if changed else 0)
-        key = ev[0]
+        key = ctx.get_current_key()
         now = now_ms()
         if rec.known:
             yield from self._emit_or_arm(ctx, key, rec, now)

@@ -17,11 +17,13 @@ from contracts.messages import Event, InvalidRecord, dlq_record, ranking_record
 from operators.catalog_mirror import CatalogMirror
 from operators.common import LoggedOpen, user_ttl
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
-from operators.types import DLQ_TAG, STATE_BYTES
+from operators.codecs import pack_interaction
+from operators.types import DLQ_TAG, INTERACTIONS_TAG, STATE_BYTES
 from recsys import kernel, recommender, user_step
 from recsys.recommender import ModelParams, Ranked
 from recsys.user_state import Forgotten, UserState, decode_profile
-from recsys.user_step import Emit, Reject, Slot, StepConfig, Tombstone
+from recsys.item_stats import cooc_context
+from recsys.user_step import Emit, Interaction, Reject, Slot, StepConfig, Tombstone
 
 
 @dataclass
@@ -41,8 +43,10 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
     What an event does is :mod:`recsys.user_step` (the same functions ``streamrank eval``,
     the bench's loop and chaos's reference run); this class loads the user's state, calls
     them, stores the state, arms the timers they ask for and turns their outputs into
-    records: rankings, tombstones, and dead letters on the DLQ side output. The catalog
-    arrives by broadcast (:class:`CatalogMirror`).
+    records: rankings, tombstones, dead letters on the DLQ side output, and each consumed
+    item with the user's recent items on the interactions side output (to the interactions
+    topic, read by the item branch). The catalog and the item statistics arrive by broadcast
+    (:class:`CatalogMirror`).
 
     Coalesced rankings (``ranking.emit_window_ms`` > 0): a user's ranking falls due at the
     end of a window, a processing-time timer. The first timer of a window ranks every user
@@ -211,6 +215,9 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
                 ranked, queued.ranked = queued.ranked, None  # serves the first emit only
                 t0 = queued.t0
             return self._ranking(state, key, user_id, out, t0, ranked)
+        if isinstance(out, Interaction):  # to the item branch, through the interactions topic
+            return INTERACTIONS_TAG, Row(out.item_id.encode("utf-8"), pack_interaction(
+                out.type, out.weight, out.ts, cooc_context(out.history, out.item_id)))
         if isinstance(out, Reject):
             return self._dead_letter(user_id, out)
         assert isinstance(out, Tombstone)

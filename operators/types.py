@@ -31,15 +31,13 @@ CATALOG_UPDATE_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.STRING(), Types.STRING(), BYTES, Types.DOUBLE(), Types.DOUBLE(),
      BYTES, Types.STRING()],
 )
-# Interactions from the user-history operator to the item branch: the event's item, type,
-# weight and time, and the user's recent items before it (newline-joined; one record per event).
-ITEM_EVENT_TYPE = Types.ROW_NAMED(
-    ["item_id", "type", "weight", "ts", "context"],
-    [Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG(), Types.STRING()])
 KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [BYTES, BYTES])
 VALUE_RECORD_TYPE = Types.ROW_NAMED(["v"], [BYTES])
 
 DLQ_TAG = OutputTag("dlq", VALUE_RECORD_TYPE)
+# The ranker's interactions for the item branch, through the interactions topic: key the item
+# id, value ``codecs.pack_interaction``.
+INTERACTIONS_TAG = OutputTag("interactions", KEYED_RECORD_TYPE)
 DEAD_LETTER_KIND = "dead-letter"
 
 # State holding raw bytes is declared PICKLED_BYTE_ARRAY: in thread mode PyFlink 2.2 converts a

@@ -61,7 +61,7 @@ class ModelParams:
     ann_nprobe: int
     popular_candidates: int
     reason_title_chars: int
-    kernel_precision: str = "fp32"
+    kernel_precision: str
 
     @classmethod
     def defaults(cls, **overrides) -> "ModelParams":

@@ -14,7 +14,9 @@ An event, in order:
 2. ``forget_user`` erases the user: a :class:`Tombstone` (after the ranking still due);
 3. the user's state follows the active embedding model (interests rebuilt after a switch);
 4. events held for items that have arrived since are applied, oldest first;
-5. the event is refused if its item was deleted (``item_deleted``), applied if its item is
+5. the event is refused if its item was deleted (``item_deleted``); else a consumption
+   (``ModelParams.counts_as_consumption``) goes out as an :class:`Interaction` for the item
+   statistics, with the user's recent items before it; the event is applied if its item is
    known (learn, move the interests, mark seen), or else held until the item arrives
    (``pending_overflow`` past ``ranking.max_pending``);
 6. an applied event makes a ranking due. With ``ranking.emit_window_ms`` = 0 it is ranked at
@@ -88,7 +90,20 @@ class Tombstone:
     """The user is forgotten: erase their ranking (a null value on the compacted topic)."""
 
 
-Output = Union[Emit, Reject, Tombstone]
+@dataclass
+class Interaction:
+    """A consumed item, for the item statistics and co-occurrence counts (the job's
+    keyed-by-item branch, or ``item_stats.InlineItemStats``): the event's item, type, weight
+    and time, and the user's recent items before it (``history``, oldest first)."""
+
+    item_id: str
+    type: str
+    weight: float
+    ts: int
+    history: list[str]
+
+
+Output = Union[Emit, Reject, Tombstone, Interaction]
 
 
 @dataclass
@@ -137,7 +152,10 @@ def on_event(slot: Slot, ev: Event, cat: CatalogIndex, p: ModelParams, cfg: Step
     if cat.is_deleted(ev.item_id):
         yield Reject(held(ev, weight, now_ms), "item_deleted",
                      f"item {ev.item_id!r} was deleted from the catalog")
-    elif recommender.observe(state, cat, p, ev.item_id, weight, ev.ts, cooc=cooc):
+        return
+    if p.counts_as_consumption(ev.type, weight):  # known or not: the item branch counts both
+        yield Interaction(ev.item_id, ev.type, weight, ev.ts, list(state.history))
+    if recommender.observe(state, cat, p, ev.item_id, weight, ev.ts, cooc=cooc):
         yield from make_due(slot, ev.event_id or "", ev.ts, cfg, now_ms)
     elif state.add_pending(held(ev, weight, now_ms), p.max_pending):
         slot.held_delta += 1
@@ -277,16 +295,17 @@ class LocalUsers:
     def event(self, ev: Event, now_ms: int, cooc: Optional[np.ndarray] = None,
               stats=None) -> list:
         """Step the event's user. ``stats`` (an ``item_stats.InlineItemStats``): then apply
-        the event to the item statistics too, with the user's recent items before it, as the
-        job's item branch does."""
+        the step's :class:`Interaction` to the item statistics too, as the job's item branch
+        does (interactions are not returned)."""
         slot = Slot(self.states.get(ev.user_id))
-        recent = list(slot.state.history) if isinstance(slot.state, UserState) else []
         outs = list(self._run(ev.user_id, slot, on_event(
             slot, ev, self.cat, self.p, self.cfg, self.model, now_ms, cooc=cooc)))
         self._store(ev.user_id, slot)
-        if stats is not None:
-            stats.apply(recent, ev.item_id, ev.type, self.p.weight(ev.type, ev.value), ev.ts)
-        return outs
+        interactions = [o for _, o, _ in outs if isinstance(o, Interaction)]
+        if stats is not None:  # after the user's step, as the broadcast reaches the ranker
+            for it in interactions:
+                stats.apply(it.history, it.item_id, it.type, it.weight, it.ts)
+        return [o for o in outs if not isinstance(o[1], Interaction)]
 
     def tick(self, now_ms: int) -> list:
         """Wake every user whose time has come; their due rankings ranked together."""

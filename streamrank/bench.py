@@ -24,6 +24,9 @@ One invocation, phases run one after the other so they do not compete for the co
 6. **scale**: the ranker alone on the catalog, exact, and on a derived catalog of
    ``--scale-items`` rows through candidates + ANN.
 
+Each throughput phase also reports the CPU share of the job, the broker and the load
+generator (this process), as ``cpu_share_*`` (CPU seconds over wall seconds x cores).
+
 Phases 1-3 are here; the plain loop (4) is ``bench_loop.py``, phases 5 and 6
 ``bench_ranker.py``.
 
@@ -40,10 +43,11 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from contracts.config import Settings
+from contracts.config import Settings, Topics
 from streamrank.progress import say
 
 log = logging.getLogger("streamrank.bench")
@@ -122,7 +126,7 @@ def _bench_settings(settings: Settings, out: Path, tag: str, parallelism: int,
     over = {"kafka.group_id": f"streamrank-bench-{tag}", "flink.parallelism": parallelism,
             "kafka.partitions": max(parallelism, settings.kafka.partitions),
             "flink.checkpoint_dir": str((out / "checkpoints" / tag).resolve())}
-    for role in ("items", "events", "rankings", "events_dlq", "items_dlq"):
+    for role in Topics.roles():
         over[f"kafka.topics.{role}"] = f"bench-{tag}-{role.replace('_', '-')}"
     if taskmanagers:
         over.update({"cluster.taskmanagers": taskmanagers, "cluster.slots_per_taskmanager": 1,
@@ -130,12 +134,53 @@ def _bench_settings(settings: Settings, out: Path, tag: str, parallelism: int,
     return settings.replace(**over)
 
 
+class CpuMeter:
+    """CPU seconds of the job (its whole process group: client, MiniCluster JVM, Python),
+    the broker and this process (the load generator: producing events, reading rankings),
+    from /proc; :meth:`shares` gives each one's share of the machine over an interval."""
+
+    def __init__(self, job_pgid: Optional[int], broker_pid: Optional[int]):
+        import os
+
+        self.groups = {"job": job_pgid, "broker": broker_pid, "load_generator": os.getpid()}
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _seconds(self) -> dict:
+        import os
+
+        out = dict.fromkeys(self.groups, 0.0)
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            cpu = (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+            pgid = int(fields[2])
+            for name, ident in self.groups.items():
+                if ident is not None and (int(pid) == ident or
+                                          (name == "job" and pgid == ident)):
+                    out[name] += cpu
+        return out
+
+    def start(self) -> None:
+        self._t0, self._c0 = time.monotonic(), self._seconds()
+
+    def shares(self) -> dict:
+        """Each one's CPU seconds since :meth:`start` over (wall seconds x cores)."""
+        wall, c1 = time.monotonic() - self._t0, self._seconds()
+        return {f"cpu_share_{k}": round((c1[k] - self._c0[k]) / (wall * _cores()), 3)
+                for k in self.groups}
+
+
 class _JobPhases:
     """The phases that run against the job, on its topics, one after the other."""
 
-    def __init__(self, settings: Settings, job, rankings, producer):
+    def __init__(self, settings: Settings, job, rankings, producer,
+                 cpu: Optional[CpuMeter] = None):
         self.settings, self.job, self.rankings, self.producer = settings, job, rankings, producer
         self.topic = settings.kafka.topics.events
+        self.cpu = cpu
 
     def throughput(self, events: list[dict], label: str, prefix: str) -> dict:
         """All ``events`` at once: events/s from the first sent to the last ranking received,
@@ -143,6 +188,8 @@ class _JobPhases:
         from streamrank.replay import produce
 
         _say(f"throughput, {label} (all events at once)")
+        if self.cpu is not None:
+            self.cpu.start()
         t_send = time.time() * 1000
         produce(self.producer, self.topic, events, "user_id", desc=f"events ({label})")
         ids = [e["event_id"] for e in events]
@@ -150,7 +197,8 @@ class _JobPhases:
         seconds = (max(self.rankings.by_event[i][0] for i in ids) - t_send) / 1000
         n_rankings = self.rankings.rankings_covering(prefix)
         res = {"events_per_s": round(len(ids) / seconds, 1), "rankings": n_rankings,
-               "rankings_per_s": round(n_rankings / seconds, 1)}
+               "rankings_per_s": round(n_rankings / seconds, 1),
+               **(self.cpu.shares() if self.cpu is not None else {})}
         _say(f"job, {label}: {json.dumps(res)}")
         return res
 
@@ -174,7 +222,7 @@ class _JobPhases:
 
 
 def _job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[dict],
-                streams: dict, rate: float) -> dict:
+                streams: dict, rate: float, broker_pid: Optional[int] = None) -> dict:
     """Start the job, load the catalog, run the throughput and latency phases."""
     from streamrank.replay import make_producer, produce
     from streamrank.watch import JobProcess, RankingsReader, wait_for_catalog
@@ -193,7 +241,8 @@ def _job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[di
         produce(producer, settings.kafka.topics.items, items, "item_id", desc="items")
         wait_for_catalog(producer, settings, rankings, items[-1]["item_id"], len(items),
                          job=job, timeout_s=900)
-        phases = _JobPhases(settings, job, rankings, producer)
+        cpu = None if taskmanagers else CpuMeter(job.proc.pid, broker_pid)
+        phases = _JobPhases(settings, job, rankings, producer, cpu)
         result.update(phases.throughput(streams["burst"], "time-ordered", streams["prefix"]))
         result["interleaved"] = phases.throughput(streams["interleaved"], "interleaved",
                                                   streams["interleaved_prefix"])
@@ -214,7 +263,8 @@ def _job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[di
     return result
 
 
-def _skeleton_phase(settings: Settings, out: Path, events: list[dict], tag: str) -> dict:
+def _skeleton_phase(settings: Settings, out: Path, events: list[dict], tag: str,
+                    broker_pid: Optional[int] = None) -> dict:
     """The job's skeleton (``jobs/skeleton_job.py``: the same sources, sinks, parsing, keying
     and state accesses, no model) on its own topics, the time-ordered events all at once."""
     from streamrank.kafka_local import create_topics
@@ -223,7 +273,7 @@ def _skeleton_phase(settings: Settings, out: Path, events: list[dict], tag: str)
 
     over = {"kafka.group_id": f"streamrank-bench-{tag}-skeleton",
             "flink.checkpoint_dir": str((out / "checkpoints" / f"{tag}-skeleton").resolve())}
-    for role in ("events", "rankings"):
+    for role in ("events", "rankings", "interactions"):
         over[f"kafka.topics.{role}"] = f"bench-{tag}-skeleton-{role}"
     settings = settings.replace(**over)
     create_topics(settings.kafka)
@@ -240,7 +290,8 @@ def _skeleton_phase(settings: Settings, out: Path, events: list[dict], tag: str)
         warm = [{**events[0], "event_id": f"{prefix}warm"}]  # the job is up once this is out
         produce(producer, settings.kafka.topics.events, warm, "user_id", progress=False)
         _wait_all(rankings, [warm[0]["event_id"]], job, timeout_s=300)
-        return _JobPhases(settings, job, rankings, producer).throughput(
+        return _JobPhases(settings, job, rankings, producer,
+                          CpuMeter(job.proc.pid, broker_pid)).throughput(
             events, "skeleton, time-ordered", prefix)
     finally:
         producer.close()
@@ -318,9 +369,11 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
     try:
         loop_topic = f"bench-{tag}-loop-rankings"
         create_topics(settings.kafka, extra=(loop_topic,))
-        result.update(_job_phases(settings, out, taskmanagers, items, streams, rate))
+        result.update(_job_phases(settings, out, taskmanagers, items, streams, rate,
+                                  broker.pid()))
         if not taskmanagers:
-            result["skeleton"] = _skeleton_phase(settings, out, streams["burst"], tag)
+            result["skeleton"] = _skeleton_phase(settings, out, streams["burst"], tag,
+                                                 broker.pid())
             result["skeleton_events_per_s"] = result["skeleton"]["events_per_s"]
             result["ratio_vs_skeleton"] = round(
                 result["events_per_s"] / result["skeleton_events_per_s"], 3)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from contracts.config import REPO_ROOT, Settings
+from contracts.config import REPO_ROOT, Settings, Topics
 from contracts.messages import InvalidRecord, parse_event
 from jobs.runtime import free_port
 
@@ -179,7 +179,7 @@ def chaos_settings(settings: Settings, run_dir: Path, tag: str, parallelism: int
         "ranking.learning_rate": 0.0,
         "validation.max_record_bytes": 65_536,
     }
-    for role in ("items", "events", "rankings", "events_dlq", "items_dlq"):
+    for role in Topics.roles():
         over[f"kafka.topics.{role}"] = f"chaos-{tag}-{role.replace('_', '-')}"
     return settings.replace(**over)
 

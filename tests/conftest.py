@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from contracts.config import Settings, load_settings
+from contracts.config import Settings, Topics, load_settings
 
 
 from jobs.runtime import free_port  # noqa: F401  (the tests import it from here)
@@ -40,7 +40,7 @@ def isolated_settings(bootstrap: str, tmp_path, **overrides) -> Settings:
         "flink.checkpoint_dir": str(tmp_path / "checkpoints"),
         "flink.checkpoint_interval_ms": 2000,
     }
-    for role in ("items", "events", "rankings", "events_dlq", "items_dlq"):
+    for role in Topics.roles():
         base[f"kafka.topics.{role}"] = f"{role.replace('_', '-')}-{tag}"
     base.update(overrides)
     return load_settings(overrides=base, environ={})

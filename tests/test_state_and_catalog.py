@@ -170,14 +170,10 @@ def test_neighbour_arrays_patched_in_place_equal_a_rebuild():
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), step
 
 
-def test_user_history_values_read_in_every_layout():
-    """The user-history operator keeps recent items newline-joined, a forgotten user as a
-    marked JSON value; values written by earlier versions (a JSON list, a bare JSON marker)
-    are read too."""
-    from operators.user_history import _FORGOTTEN, _read
+def test_interaction_records_round_trip():
+    """The interactions topic's values (ranker -> item branch)."""
+    from operators.codecs import pack_interaction, unpack_interaction
 
-    assert _read(None) == ([], None) and _read("") == ([], None)
-    assert _read("a\nb c") == (["a", "b c"], None)
-    assert _read(_FORGOTTEN + '{"ts": 5, "expires": 9}') == ([], {"ts": 5, "expires": 9})
-    assert _read('["a", "b"]') == (["a", "b"], None)
-    assert _read('{"ts": 5, "expires": 9}') == ([], {"ts": 5, "expires": 9})
+    for ctx in ([], ["a"], ["x1", "é2", "a b"]):
+        assert unpack_interaction(pack_interaction("rating", 0.75, 123456789012, ctx)) == \
+            ("rating", 0.75, 123456789012, ctx)

@@ -10,8 +10,8 @@ from contracts.messages import Event
 from recsys.catalog import CatalogIndex
 from recsys.recommender import ModelParams
 from recsys.user_state import Forgotten, UserState
-from recsys.user_step import (Emit, LocalUsers, Reject, Slot, StepConfig, Tombstone,
-                              on_event, on_timer, window_end)
+from recsys.user_step import (Emit, Interaction, LocalUsers, Reject, Slot, StepConfig,
+                              Tombstone, on_event, on_timer, window_end)
 
 pytestmark = pytest.mark.unit
 
@@ -33,7 +33,23 @@ def ev(item: str, n: int, kind: str = "click", user: str = "u", ts: int = 0) -> 
 
 
 def step(slot, e, cat, cfg=CFG, now=100, model="m"):
-    return list(on_event(slot, e, cat, P, cfg, model, now))
+    """The step's outputs but the interactions (see the interactions test)."""
+    return [o for o in on_event(slot, e, cat, P, cfg, model, now)
+            if not isinstance(o, Interaction)]
+
+
+def test_consumed_items_go_out_as_interactions_with_the_history_before_them():
+    """Known or held, a consumption goes to the item statistics with the user's recent items
+    before it; a skip (a negative) and a deleted item's event do not."""
+    cat, slot = catalog(), Slot(None)
+    outs = [list(on_event(slot, e, cat, P, CFG, "m", 100))
+            for e in (ev("i1", 1), ev("i2", 2), ev("zz", 3), ev("i4", 4, kind="skip"))]
+    got = [[o for o in out if isinstance(o, Interaction)] for out in outs]
+    assert [(i.item_id, i.history) for g in got for i in g] == \
+        [("i1", []), ("i2", ["i1"]), ("zz", ["i1", "i2"])]
+    cat.delete("i5")
+    assert not [o for o in on_event(slot, ev("i5", 5), cat, P, CFG, "m", 100)
+                if isinstance(o, Interaction)]
 
 
 def test_events_coalesce_into_one_ranking_per_window():
