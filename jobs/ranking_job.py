@@ -127,8 +127,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     )
     catalog_broadcast = catalog.union(item_stats).broadcast(
         CATALOG_STATE, POPULARITY_STATE, NEIGHBOURS_STATE)
-    rankings = (
-        events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
+    rankings = (  # keyed by user_id (by position: a Row chained from parse has no names)
+        events.key_by(lambda ev: ev[1], key_type=Types.STRING())
         .connect(catalog_broadcast)
         .process(RankUsers(settings.ranking, model_id, topics.events,
                            settings.validation.dlq_max_raw_bytes),

@@ -15,64 +15,34 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
-from typing import Iterable
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyflink.common import Row, Types  # noqa: E402
-from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext  # noqa: E402
-from pyflink.datastream.state import ValueStateDescriptor  # noqa: E402
+
+from pyflink.common import Types  # noqa: E402
 
 from contracts.config import Settings, load_settings, parse_set_args  # noqa: E402
-from contracts.messages import ranking_record  # noqa: E402
 from jobs import kafka_io  # noqa: E402
 from jobs.ranking_job import check_topics, create_environment  # noqa: E402
 from jobs.runtime import prepare_process_environment  # noqa: E402
 from operators.parse import ParseEvents  # noqa: E402
-from operators.codecs import pack_interaction  # noqa: E402
-from operators.types import (EVENT_TYPE, INTERACTIONS_TAG, KEYED_RECORD_TYPE,  # noqa: E402
-                             STATE_BYTES)
-
-STATE_SIZE = 2048  # bytes read and written per event and operator (a user state's order)
-
-
-class _StateTouch(KeyedProcessFunction):
-    """One keyed value read and rewritten per element; ``emit`` says what goes on: a ranking
-    record and an interaction (the ranker's outputs), or nothing."""
-
-    def __init__(self, emit: str):
-        self.emit = emit
-
-    def open(self, ctx: RuntimeContext) -> None:
-        self.state = ctx.get_state(ValueStateDescriptor("skeleton", STATE_BYTES))
-
-    def process_element(self, ev, ctx) -> Iterable:
-        raw = self.state.value()
-        self.state.update(raw if raw is not None else bytes(STATE_SIZE))
-        if self.emit == "ranking":
-            user = ev["user_id"]
-            yield Row(user.encode("utf-8"), ranking_record(
-                user_id=user, items=[], k=0, model="skeleton", event_ids=[ev["event_id"]],
-                event_ts=ev["ts"], emitted_ts=int(time.time() * 1000), catalog_size=0))
-            yield INTERACTIONS_TAG, Row(ev["item_id"].encode("utf-8"), pack_interaction(
-                ev["type"], 1.0, ev["ts"], []))
-
+from operators.skeleton import StateTouch  # noqa: E402
+from operators.types import EVENT_TYPE, INTERACTIONS_TAG, KEYED_RECORD_TYPE  # noqa: E402
 
 def build_skeleton(env, t_env, settings: Settings) -> None:
     kafka, topics = settings.kafka, settings.kafka.topics
     events = (kafka_io.source_stream(t_env, kafka, topics.events, "events_source")
               .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
               .name("parse-events"))
-    rankings = (events.key_by(lambda ev: ev["user_id"], key_type=Types.STRING())
-                .process(_StateTouch("ranking"), output_type=KEYED_RECORD_TYPE)
+    rankings = (events.key_by(lambda ev: ev[1], key_type=Types.STRING())  # by user_id
+                .process(StateTouch("ranking"), output_type=KEYED_RECORD_TYPE)
                 .name("rank-users"))
     # the interactions topic -> item branch (keyed by item); nothing comes back by broadcast
     (kafka_io.source_stream(t_env, kafka, topics.interactions, "interactions_source")
      .key_by(lambda r: bytes(r[0]).decode("utf-8"), key_type=Types.STRING())
-     .process(_StateTouch("none"), output_type=KEYED_RECORD_TYPE).name("item-branch"))
+     .process(StateTouch("none"), output_type=KEYED_RECORD_TYPE).name("item-branch"))
     statements = t_env.create_statement_set()
     statements.add_insert(kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
                           t_env.from_data_stream(rankings))

@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from recsys.ranking import rel_log
+from recsys.user_state import item_key
 
 
 class CatalogIndex:
@@ -31,6 +32,9 @@ class CatalogIndex:
         self.deleted = np.zeros(0, dtype=bool)
         self.log_pop = np.full(0, -math.inf)
         self.count = np.zeros(0)  # interactions per item (co-occurrence normalisation)
+        self.keys = np.zeros(0, np.uint64)  # each row's item key (user_state.item_key)
+        self._key_index: tuple = (-1, None, None)  # (ids version, sorted keys, their rows)
+        self._ids_version = 0
         self._early_pop: dict[str, tuple[float, float]] = {}  # stats of items not embedded yet
         # Co-occurrence neighbours: item -> {neighbour id: count}, plus a cache of the
         # same as (rows, counts) arrays for vectorised scoring; ``earlier``: the halves the
@@ -76,6 +80,7 @@ class CatalogIndex:
         self.log_pop = np.concatenate([self.log_pop[: self._n],
                                        np.full(cap - self._n, -math.inf)])
         self.count = np.concatenate([self.count[: self._n], np.zeros(cap - self._n)])
+        self.keys = np.concatenate([self.keys[: self._n], np.zeros(cap - self._n, np.uint64)])
         self._capacity = cap
 
     def upsert(self, item_id: str, title: str, vector: np.ndarray) -> int:
@@ -119,6 +124,8 @@ class CatalogIndex:
                 del self.row[old]
                 self.ids[r], self.titles[r] = item_id, title
                 self.row[item_id] = r
+                self.keys[r] = item_key(item_id)
+                self._ids_version += 1
                 self.log_pop[r], self.count[r] = -math.inf, 0.0
                 self._stats_version += 1
                 if self._ann is not None and r < self._ann.indexed:
@@ -129,6 +136,8 @@ class CatalogIndex:
         r = self._n
         self._n += 1
         self.row[item_id] = r
+        self.keys[r] = item_key(item_id)
+        self._ids_version += 1
         self.ids.append(item_id)
         self.titles.append(title)
         return r
@@ -291,17 +300,23 @@ class CatalogIndex:
         """View of the filled rows (deleted rows included; mask them with ``deleted``)."""
         return self.matrix[: self._n]
 
-    def rows_of(self, item_ids) -> np.ndarray:
-        """The rows of those ids that are in the catalog."""
-        get = self.row.get
-        return np.fromiter((r for r in map(get, item_ids) if r is not None), np.int64)
+    def rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        """The rows of the items with those keys (``user_state.item_key``) that are in the
+        catalog: one binary search of all of them in the sorted row keys."""
+        if keys.size == 0 or self._n == 0:
+            return np.empty(0, np.int64)
+        version, sorted_keys, rows = self._key_index
+        if version != self._ids_version:
+            rows = np.argsort(self.keys[: self._n], kind="stable")
+            sorted_keys = self.keys[: self._n][rows]
+            self._key_index = (self._ids_version, sorted_keys, rows)
+        at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+        return rows[at[sorted_keys[at] == keys]]
 
-    def exclusion_mask(self, seen_ids) -> np.ndarray:
+    def exclusion_mask(self, seen_keys: np.ndarray) -> np.ndarray:
+        """Deleted rows and the rows of the seen items' keys."""
         mask = self.deleted[: self._n].copy()
-        for item_id in seen_ids:
-            r = self.row.get(item_id)
-            if r is not None:
-                mask[r] = True
+        mask[self.rows_of_keys(seen_keys)] = True
         return mask
 
     @property

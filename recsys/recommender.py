@@ -219,7 +219,7 @@ def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: Mod
     scores += np.stack(trends) * w[:, [F_TREND]]
     scores[:, cat.deleted[:n]] = -np.inf
     for u, st in enumerate(states):
-        seen = cat.rows_of(st.seen)
+        seen = cat.rows_of_keys(st.seen)
         if seen.size:
             scores[u, seen] = -np.inf
     pool = scoring.pools(scores, max(p.k, p.mmr_candidates))

@@ -74,7 +74,7 @@ def main(data_dir: str) -> None:
         st.centroids = np.ones((4, 384), np.float32)
         st.masses = np.ones(4, np.float32)
         st.weights = np.ones(4)
-        st.shown = st.seen[: p.k]
+        st.shown = st.history[: p.k]
     user_bytes = np.array([len(st.to_bytes()) for st in users.values()])
     item_branch = np.array([len(r.to_bytes()) for r in records.values()])
     broadcast = 4 + 40 + 384 * 4 + 16 + float(np.mean([len(r.earlier) for r in

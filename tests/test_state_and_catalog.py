@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from recsys.catalog import CatalogIndex
-from recsys.user_state import Due, PendingEvent, UserState
+from recsys.user_state import Due, PendingEvent, UserState, item_keys
 
 pytestmark = pytest.mark.unit
 
@@ -24,8 +24,8 @@ def test_user_state_roundtrip_is_compact_and_exact():
     np.testing.assert_array_equal(back.centroids, st.centroids)
     np.testing.assert_array_equal(back.masses, st.masses)
     np.testing.assert_array_equal(back.weights, st.weights)
-    assert (back.n_events, back.last_ts, back.seen, back.history, back.shown) == \
-        (7, st.last_ts, ["a"], ["a"], ["x", "y"])
+    assert (back.n_events, back.last_ts, list(back.seen), back.history, back.shown) == \
+        (7, st.last_ts, list(item_keys(["a"])), ["a"], ["x", "y"])
     assert back.pending == [PendingEvent("zz", -0.5, 123, "e1")]
     assert back.due is None
     st.due = Due(["e2", "e3"], 456)  # applied, their ranking not emitted yet
@@ -45,12 +45,13 @@ def test_user_state_of_layout_version_2_is_still_read():
           + json.dumps({"seen": ["a", "b"], "history": ["b"], "shown": ["c"],
                         "pending": [], "model": "m"}).encode())
     st = UserState.from_bytes(v2)
-    assert (st.seen, st.history, st.shown, st.model, st.n_events) == \
-        (["a", "b"], ["b"], ["c"], "m", 3)
+    assert (list(st.seen), st.history, st.shown, st.model, st.n_events) == \
+        (list(item_keys(["a", "b"])), ["b"], ["c"], "m", 3)
     np.testing.assert_array_equal(st.centroids, c)
     again = UserState.from_bytes(st.to_bytes())  # written back in the current layout
-    assert (again.seen, again.history, again.shown, again.model) == (["a", "b"], ["b"], ["c"], "m")
-    assert UserState.from_bytes(UserState.empty(4).to_bytes()).seen == []
+    assert (list(again.seen), again.history, again.shown, again.model) == \
+        (list(item_keys(["a", "b"])), ["b"], ["c"], "m")
+    assert UserState.from_bytes(UserState.empty(4).to_bytes()).seen.size == 0
 
 
 def test_seen_and_history_are_bounded_and_recency_ordered():
@@ -58,7 +59,7 @@ def test_seen_and_history_are_bounded_and_recency_ordered():
     for i in range(5):
         st.mark_seen(str(i), 4, 3)
     st.mark_seen("2", 4, 3)
-    assert st.seen == ["1", "3", "4", "2"]
+    assert list(st.seen) == list(item_keys(["1", "3", "4", "2"]))
     assert st.history == ["3", "4", "2"]
 
 
@@ -92,7 +93,7 @@ def test_catalog_upsert_delete_popularity():
     cat.upsert("i3", "new title", np.array([0.0, 2.0], np.float32))
     assert cat.size == 5 and cat.titles[cat.row["i3"]] == "new title"
     assert cat.delete("i1") and cat.vector("i1") is None and len(cat) == 4
-    mask = cat.exclusion_mask(["i0", "unknown"])
+    mask = cat.exclusion_mask(item_keys(["i0", "unknown"]))
     assert mask.tolist() == [True, True, False, False, False]
     cat.set_popularity("later", 3.0)  # popularity may arrive before the embedding
     cat.upsert("later", "L", np.array([1.0, 0.0], np.float32))
@@ -177,3 +178,14 @@ def test_interaction_records_round_trip():
     for ctx in ([], ["a"], ["x1", "é2", "a b"]):
         assert unpack_interaction(pack_interaction("rating", 0.75, 123456789012, ctx)) == \
             ("rating", 0.75, 123456789012, ctx)
+
+
+def test_seen_keys_find_their_rows_after_rows_are_taken_over():
+    cat = CatalogIndex(dim=2)
+    for i in range(5):
+        cat.upsert(f"i{i}", "", np.array([1.0, float(i)], np.float32))
+    assert sorted(cat.rows_of_keys(item_keys(["i3", "i1", "nope"])).tolist()) == [1, 3]
+    cat.delete("i1")
+    cat.upsert("new", "", np.array([0.0, 1.0], np.float32))  # takes over i1's row
+    assert cat.rows_of_keys(item_keys(["new"])).tolist() == [1]
+    assert cat.rows_of_keys(item_keys(["i1"])).size == 0

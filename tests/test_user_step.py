@@ -9,7 +9,7 @@ import pytest
 from contracts.messages import Event
 from recsys.catalog import CatalogIndex
 from recsys.recommender import ModelParams
-from recsys.user_state import Forgotten, UserState
+from recsys.user_state import Forgotten, UserState, item_keys
 from recsys.user_step import (Emit, Interaction, LocalUsers, Reject, Slot, StepConfig,
                               Tombstone, on_event, on_timer, window_end)
 
@@ -60,7 +60,7 @@ def test_events_coalesce_into_one_ranking_per_window():
     assert slot.state.due.event_ids == ["e1", "e2"] and slot.state.due.ts == 1002
     outs = list(on_timer(slot, cat, P, CFG, "m", 120))
     assert [type(o) for o in outs] == [Emit] and outs[0].due.event_ids == ["e1", "e2"]
-    assert slot.state.due is None and slot.state.seen == ["i1", "i2"]
+    assert slot.state.due is None and list(slot.state.seen) == list(item_keys(["i1", "i2"]))
 
 
 def test_a_ranking_covers_at_most_max_covered_events():
@@ -89,7 +89,7 @@ def test_a_held_event_is_applied_when_its_item_arrives_and_overflow_is_a_dead_le
     outs = list(on_timer(slot, cat, P, CFG.per_event(), "m", 700))
     assert [o.due.event_ids for o in outs] == [["e1"]]
     assert slot.applied_held == 1 and [h.item_id for h in slot.state.pending] == ["new-b"]
-    assert "new-a" in slot.state.seen and slot.wake_at == [700 + CFG.pending_retry_ms]
+    assert slot.state.has_seen("new-a") and slot.wake_at == [700 + CFG.pending_retry_ms]
 
 
 def test_held_events_time_out_or_die_with_their_item():
@@ -122,7 +122,7 @@ def test_forget_emits_the_due_ranking_then_a_tombstone_and_refuses_older_events(
     assert [(o.reason) for o in late] == ["user_forgotten"]
     fresh = Slot(slot.state)
     assert step(fresh, ev("i2", 3, ts=2_500), cat) == []
-    assert fresh.new_user and fresh.state.seen == ["i2"] and fresh.state.n_events == 1
+    assert fresh.new_user and list(fresh.state.seen) == list(item_keys(["i2"])) and fresh.state.n_events == 1
     gone = Slot(slot.state)
     list(on_timer(gone, cat, P, CFG, "m", 150 + CFG.forget_memory_ms))
     assert gone.state is None

@@ -1,0 +1,40 @@
+"""The skeleton job's one operator (``jobs/skeleton_job.py``): the state accesses and
+outputs of the job's keyed operators, without their model. In a module of its own so that
+it is pickled by reference, as the job's operators are."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from pyflink.common import Row
+from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.state import ValueStateDescriptor
+
+from contracts.messages import ranking_record
+from operators.codecs import pack_interaction
+from operators.types import INTERACTIONS_TAG, STATE_BYTES
+
+STATE_SIZE = 2048  # bytes read and written per event and operator (a user state's order)
+
+
+class StateTouch(KeyedProcessFunction):
+    """One keyed value read and rewritten per element; ``emit`` says what goes on: a ranking
+    record and an interaction (the ranker's outputs), or nothing."""
+
+    def __init__(self, emit: str):
+        self.emit = emit
+
+    def open(self, ctx: RuntimeContext) -> None:
+        self.state = ctx.get_state(ValueStateDescriptor("skeleton", STATE_BYTES))
+
+    def process_element(self, ev, ctx) -> Iterable:
+        raw = self.state.value()
+        self.state.update(raw if raw is not None else bytes(STATE_SIZE))
+        if self.emit == "ranking":
+            user = ev["user_id"]
+            yield Row(user.encode("utf-8"), ranking_record(
+                user_id=user, items=[], k=0, model="skeleton", event_ids=[ev["event_id"]],
+                event_ts=ev["ts"], emitted_ts=int(time.time() * 1000), catalog_size=0))
+            yield INTERACTIONS_TAG, Row(ev["item_id"].encode("utf-8"), pack_interaction(
+                ev["type"], 1.0, ev["ts"], []))
