@@ -170,6 +170,8 @@ class Ranked:
     rows: list[int]
     scores: list[float]
     reasons: list[str]
+    features: Optional[np.ndarray] = None  # [len(rows), 4] the rows' features
+    cooc_top: float = 0.0  # the user's best co-occurrence score (the feature's scale)
 
 
 def rank(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
@@ -209,7 +211,9 @@ def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: Mod
     n = cat.size
     content = scoring.content_matrix(states, cat, precision)
     pieces = [scoring.cooc_pieces(st, cat, p) for st in states]
-    cooc = scoring.cooc_feature(scoring.cooc_matrix(pieces, cat))
+    co = scoring.cooc_matrix(pieces, cat)
+    tops = co.max(axis=1)
+    cooc = scoring.cooc_feature(co)
     pop = cat.relative_log_counts()
     trends = [scoring.trend_vector(cat, ts, p.popularity_half_life_ms) for _, ts in part]
     w = np.array([user_weights(st, p) for st in states])
@@ -229,13 +233,14 @@ def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: Mod
     out = []
     for u, (st, _) in enumerate(part):
         rows = pool[u][picked[u]] if len(picked[u]) else np.empty(0, np.int64)
+        feats = np.stack([content[u, rows], cooc[u, rows], pop[rows], trends[u][rows]],
+                         axis=1).astype(np.float64)
         reasons = [""] * len(rows)
         if explain and len(rows):
-            feats = np.stack([content[u, rows], cooc[u, rows], pop[rows], trends[u][rows]],
-                             axis=1).astype(np.float64)
             reasons = explain_rows(st, cat, p, rows.tolist(), feats, w[u],
                                    list(zip(*pieces[u])))
-        out.append(Ranked(rows.tolist(), scores[u, rows].tolist(), reasons))
+        out.append(Ranked(rows.tolist(), scores[u, rows].tolist(), reasons, feats,
+                          float(tops[u])))
     return out
 
 
@@ -270,7 +275,8 @@ def rank_one(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     at = [int(pool[i]) for i in picked]  # the same rows' positions in feats/scores
     reasons = (explain_rows(state, cat, p, rows, feats[at], w, per_item) if explain
                else [""] * len(rows))
-    return Ranked(rows, [float(scores[i]) for i in at], reasons)
+    return Ranked(rows, [float(scores[i]) for i in at], reasons, feats[at],
+                  float(cooc.max()) if cooc.size else 0.0)
 
 
 def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequence[int],
@@ -331,16 +337,60 @@ def cite(title: str, max_chars: int) -> str:
 def learn(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: str,
           weight: float, now_ts: int, cooc: Optional[np.ndarray] = None) -> None:
     """Online fusion update from one positive interaction: the engaged item should outscore
-    the items of the user's previous top-k that were shown and not chosen."""
+    the items of the user's previous top-k that were shown and not chosen.
+
+    The shown items' features are the ones they were ranked with (kept in the state with the
+    list), and the engaged item's are computed for that one item on the same scale
+    (:func:`item_features`): no pass over the catalog. A state without them (written before
+    they were kept) learns from a feature matrix of the rows, as before."""
     if weight <= 0 or p.learning_rate <= 0 or not state.shown or item_id not in cat.row:
         return
-    neg = [cat.row[x] for x in state.shown if x != item_id and cat.vector(x) is not None]
-    if not neg:
-        return
-    rows = np.array([cat.row[item_id]] + neg)
-    f = features(state, cat, p, now_ts, rows=rows, cooc=cooc)
-    state.weights = fusion.pairwise_update(user_weights(state, p), f[0], f[1:],
+    kept = state.shown_features
+    if kept is None or len(kept) != len(state.shown):
+        neg = [cat.row[x] for x in state.shown if x != item_id and cat.vector(x) is not None]
+        if not neg:
+            return
+        f = features(state, cat, p, now_ts, rows=np.array([cat.row[item_id]] + neg), cooc=cooc)
+        pos, negatives = f[0], f[1:]
+    else:
+        live = [i for i, x in enumerate(state.shown) if cat.vector(x) is not None]
+        negatives = kept[[i for i in live if state.shown[i] != item_id]]
+        if not len(negatives):
+            return
+        at = state.shown.index(item_id) if item_id in state.shown else -1
+        pos = kept[at] if at >= 0 else item_features(state, cat, p, item_id, now_ts,
+                                                     state.cooc_top)
+    state.weights = fusion.pairwise_update(user_weights(state, p), pos, negatives,
                                            p.learning_rate, p.l2, p.prior)
+
+
+def item_features(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: str,
+                  now_ts: int, cooc_top: float) -> np.ndarray:
+    """One catalog item's features for the user, the co-occurrence relative to
+    ``cooc_top`` (the user's best when last ranked): the row :func:`features` gives, from
+    lookups of that item alone."""
+    r = cat.row[item_id]
+    out = np.zeros(4)
+    if state.has_interest and state.dim == cat.dim:
+        out[F_CONTENT] = float((state.centroids @ cat.matrix[r]).max())
+    raw, counts = 0.0, cat.counts()
+    for age, x in enumerate(reversed(state.history)):
+        c = cat.neighbours.get(x, {}).get(item_id)
+        if not c:
+            continue
+        rx = cat.row.get(x)
+        if rx is not None and counts[rx] > 0:
+            nx = counts[rx]
+        else:
+            nx = max(float(cat.neighbour_arrays(x)[1].max(initial=0.0)), 1.0)
+        raw += (p.history_decay ** age) * c / math.sqrt(nx)
+    raw /= math.sqrt(max(counts[r], 1.0))
+    if raw > 0 and cooc_top > 0:
+        out[F_COOC] = max(1.0 + math.log(min(raw / cooc_top, 1.0) + COOC_FLOOR) /
+                          -math.log(COOC_FLOOR), 0.0)
+    out[F_POP] = cat.relative_log_counts()[r]
+    out[F_TREND] = scoring.trend_vector(cat, now_ts, p.popularity_half_life_ms)[r]
+    return out
 
 
 def apply_event(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: str,

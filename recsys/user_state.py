@@ -4,6 +4,7 @@ Layout (little endian), version 4::
 
     u8 version | u16 dim | u8 n_centroids | u8 n_weights | u32 n_events | i64 last_ts
     f32[n_centroids * dim] centroids | f32[n_centroids] masses | f64[n_weights] fusion weights
+    f64 cooc_top | u8 n_shown_features | f64[n_shown_features * 4] shown features
     u32[3] byte lengths of: seen (u64 item keys) | history | shown (the ids, newline-separated
     UTF-8)
     UTF-8 JSON tail {"pending": [...], "model": "...", "due": {"ids": [...], "ts": n}}  (due only while set)
@@ -14,7 +15,9 @@ first): 8 bytes an item, copied in and out of state as one array, so neither its
 item nor the time to read, write or test it grows with the length of the ids (version 3
 kept the ids as text: ~100 us to split and join 5,000 of them at every event). ``history`` the
 most recent of them (co-occurrence context), ``shown`` the last top-k (negatives for learning),
-``pending`` events whose item was not in the catalog yet, ``due`` the events applied since the
+``shown_features`` the shown items' features when they were ranked and ``cooc_top`` the
+user's best co-occurrence score then (what learning compares the next engaged item with,
+without scoring the catalog again), ``pending`` events whose item was not in the catalog yet, ``due`` the events applied since the
 last ranking, whose ranking is not emitted yet (``ranking.emit_window_ms``; an older state's
 ``[event_id, ts]`` is read as one such event). The id lists
 are newline-joined rather than JSON (ids never hold control characters: the parser rejects
@@ -34,7 +37,9 @@ import numpy as np
 from recsys import interests
 
 _HEADER = struct.Struct("<BHBBIq")
+_SHOWN = struct.Struct("<dB")  # cooc_top, number of shown feature rows (version 4)
 _LISTS = struct.Struct("<III")
+N_FEATURES = 4
 
 
 def join_ids(ids) -> bytes:
@@ -129,6 +134,9 @@ class UserState:
     pending: list[PendingEvent] = field(default_factory=list)
     model: str = ""  # the embedding model whose vector space the centroids live in
     due: Optional[Due] = None  # events applied, their ranking not emitted yet
+    # [len(shown), 4] float64 features of the shown items when ranked (None: unknown)
+    shown_features: Optional[np.ndarray] = None
+    cooc_top: float = 0.0
 
     @classmethod
     def empty(cls, dim: int) -> "UserState":
@@ -156,10 +164,13 @@ class UserState:
         lists = [np.ascontiguousarray(self.seen, np.uint64).tobytes(), join_ids(self.history),
                  join_ids(self.shown)]
         tail = json.dumps(fields, separators=(",", ":")).encode("utf-8")
+        sf = (np.zeros((0, N_FEATURES)) if self.shown_features is None
+              else np.ascontiguousarray(self.shown_features, np.float64))
         return b"".join([
             _HEADER.pack(_VERSION, c.shape[1], c.shape[0], w.shape[0], self.n_events,
                          self.last_ts),
-            c.tobytes(), m.tobytes(), w.tobytes(), _LISTS.pack(*map(len, lists)), *lists, tail])
+            c.tobytes(), m.tobytes(), w.tobytes(), _SHOWN.pack(self.cooc_top, sf.shape[0]),
+            sf.tobytes(), _LISTS.pack(*map(len, lists)), *lists, tail])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "UserState":
@@ -173,6 +184,14 @@ class UserState:
         off += 4 * n_c
         w = np.frombuffer(data, np.float64, n_w, off).copy() if n_w else None
         off += 8 * n_w
+        cooc_top, sf = 0.0, None
+        if version == _VERSION:
+            cooc_top, n_sf = _SHOWN.unpack_from(data, off)
+            off += _SHOWN.size
+            if n_sf:
+                sf = np.frombuffer(data, np.float64, n_sf * N_FEATURES, off).reshape(
+                    n_sf, N_FEATURES).copy()
+            off += 8 * N_FEATURES * n_sf
         if version == 2:
             tail = json.loads(bytes(data[off:]).decode("utf-8"))
             seen, history, shown = tail["seen"], tail["history"], tail["shown"]
@@ -195,7 +214,7 @@ class UserState:
         return cls(centroids=c, masses=m, weights=w, n_events=n_events, last_ts=last_ts,
                    seen=seen, history=history, shown=shown,
                    pending=pending, model=tail.get("model", ""),
-                   due=_due(due))
+                   due=_due(due), shown_features=sf, cooc_top=cooc_top)
 
     def mark_seen(self, item_id: str, max_seen: int, max_history: int) -> None:
         key = np.uint64(item_key(item_id))
@@ -239,16 +258,15 @@ class UserState:
         return expired
 
     def digest(self) -> str:
-        """A fingerprint of everything the user's events determine (all but ``shown``, the
-        last list emitted, which depends on when catalog statistics arrived). Used by
+        """A fingerprint of everything the user's events determine (all but the last list
+        emitted and its features, which depend on when catalog statistics arrived). Used by
         ``streamrank chaos`` to compare a run with failures to a failure-free one."""
-        import hashlib
-
-        shown, self.shown = self.shown, []
+        kept = self.shown, self.shown_features, self.cooc_top
+        self.shown, self.shown_features, self.cooc_top = [], None, 0.0
         try:
             return hashlib.sha256(self.to_bytes()).hexdigest()[:32]
         finally:
-            self.shown = shown
+            self.shown, self.shown_features, self.cooc_top = kept
 
     def drain_pending(self, known: Callable[[str], bool]) -> list[PendingEvent]:
         """Remove and return the pending events whose item is now ``known``, oldest first."""

@@ -265,6 +265,7 @@ def show(state: UserState, ranked: Ranked, cat: CatalogIndex) -> list[dict]:
     """Remember ``ranked`` as what the user was shown (the learner's negatives at the next
     event) and return its items as the ranking record lists them."""
     state.shown = [cat.ids[r] for r in ranked.rows]
+    state.shown_features, state.cooc_top = ranked.features, ranked.cooc_top
     return [{"item_id": cat.ids[r], "score": round(s, 5), "reason": why}
             for r, s, why in zip(ranked.rows, ranked.scores, ranked.reasons)]
 

@@ -27,7 +27,7 @@ from recsys import metrics, ranking, recommender
 from recsys.catalog import CatalogIndex
 from recsys.item_stats import InlineItemStats
 from recsys.recommender import ModelParams
-from recsys.user_step import LocalUsers, StepConfig
+from recsys.user_step import LocalUsers, StepConfig, show
 from streamrank.offline import catalog_of, embed_items
 from streamrank.replay import read_events, read_items
 
@@ -77,8 +77,9 @@ class Prequential:
             if not self.mirror_job:
                 # What the user was shown before this event: the job emitted it after the
                 # user's previous event. Both the evaluated list and the learner's negatives.
-                sr_rows = recommender.rank(st, cat, p, ts, explain=False).rows
-                st.shown = [cat.ids[r] for r in sr_rows]
+                ranked = recommender.rank(st, cat, p, ts, explain=False)
+                sr_rows = ranked.rows
+                show(st, ranked, cat)
             elif positive:
                 sr_rows = [cat.row[x] for x in st.shown if x in cat.row]
         if positive and target is not None:

@@ -84,3 +84,17 @@ def test_auto_precision_follows_the_cpu():
     assert kernel.resolve("auto") == ("bf16" if kernel.cpu_has_native_bf16() else "fp32")
     with pytest.raises(ValueError):
         kernel.resolve("fp8")
+
+
+def test_learning_uses_the_features_the_list_was_ranked_with():
+    """A ranking carries its rows' features and the user's best co-occurrence; one item's
+    features computed alone on that scale equal its row of the full feature matrix."""
+    cat, p, requests = _catalog_and_users()
+    for st, ts in requests[8:20]:
+        ranked = recommender.rank(st, cat, p, ts)
+        full = recommender.features(st, cat, p, ts)
+        np.testing.assert_allclose(ranked.features, full[ranked.rows], rtol=1e-5, atol=1e-6)
+        for r in (0, 7, 100, 499):
+            np.testing.assert_allclose(
+                recommender.item_features(st, cat, p, cat.ids[r], ts, ranked.cooc_top),
+                full[r], rtol=1e-5, atol=1e-6)
