@@ -325,13 +325,39 @@ def _tool_phases(settings: Settings, items: list[dict], all_events: list[dict],
     return result
 
 
+def _streams(all_events: list[dict], events: int, latency_events: int, tag: str) -> dict:
+    """The phases' event streams: time-ordered, interleaved, paced, sustained."""
+    return {"burst": all_events[:events], "prefix": f"b{tag}-",
+            "interleaved": interleaved(all_events[events:2 * events], f"i{tag}"),
+            "interleaved_prefix": f"i{tag}-",
+            "paced": all_events[2 * events:2 * events + latency_events],
+            "sustained": all_events[2 * events + latency_events:]}
+
+
+def _run_facts(settings: Settings, catalog: int, streams: dict, rate: float,
+               parallelism: int, taskmanagers: int) -> dict:
+    """What the report says about the run itself."""
+    from recsys import kernel
+
+    precision = settings.ranking.kernel_precision
+    return {"catalog": catalog, "parallelism": parallelism,
+            "runtime": (f"standalone cluster, {taskmanagers} TaskManager(s) x 1 slot"
+                        if taskmanagers else "MiniCluster"),
+            "events": len(streams["burst"]), "latency_events": len(streams["paced"]),
+            "latency_rate": rate, "cores": _cores(),
+            "delivery": settings.kafka.delivery_guarantee,
+            "state_backend": settings.flink.state_backend,
+            "emit_window_ms": settings.ranking.emit_window_ms,
+            "kernel_precision": {"job": kernel.for_taskmanager(precision),
+                                 "loop": kernel.chosen(precision)}}
+
+
 def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
               latency_events: int = 3000, rate: float = 2000.0, parallelism: int = 1,
               embed_texts: int = 512, out_dir: str = ".run/bench",
               skip_embedding: bool = False, scale_items: int = 100_000,
               taskmanagers: int = 0) -> dict:
     from jobs.runtime import prepare_process_environment
-    from recsys import kernel
     from streamrank.bench_loop import plain_loop
     from streamrank.kafka_local import LocalBroker, create_topics
     from streamrank.replay import read_events, read_items
@@ -345,22 +371,8 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
     items = read_items(data_dir)
     all_events = read_events(data_dir, limit=2 * events + 2 * latency_events,
                              id_prefix=f"b{tag}")
-    streams = {"burst": all_events[:events], "prefix": f"b{tag}-",
-               "interleaved": interleaved(all_events[events:2 * events], f"i{tag}"),
-               "interleaved_prefix": f"i{tag}-",
-               "paced": all_events[2 * events:2 * events + latency_events],
-               "sustained": all_events[2 * events + latency_events:]}
-    result: dict = {"catalog": len(items), "parallelism": parallelism,
-                    "runtime": (f"standalone cluster, {taskmanagers} TaskManager(s) x 1 slot"
-                                if taskmanagers else "MiniCluster"),
-                    "events": len(streams["burst"]), "latency_events": len(streams["paced"]),
-                    "latency_rate": rate, "cores": _cores(),
-                    "delivery": settings.kafka.delivery_guarantee,
-                    "state_backend": settings.flink.state_backend,
-                    "emit_window_ms": settings.ranking.emit_window_ms,
-                    "kernel_precision": {"job": kernel.for_taskmanager(
-                        settings.ranking.kernel_precision), "loop": kernel.chosen(
-                        settings.ranking.kernel_precision)}}
+    streams = _streams(all_events, events, latency_events, tag)
+    result = _run_facts(settings, len(items), streams, rate, parallelism, taskmanagers)
     _say(f"{len(items)} items, {events} + {events} (interleaved) + {latency_events} events, "
          f"parallelism {parallelism}")
     broker = LocalBroker(settings.local_kafka)
