@@ -22,7 +22,6 @@ from operators.types import DLQ_TAG, INTERACTIONS_TAG, STATE_BYTES
 from recsys import kernel, recommender, user_step
 from recsys.recommender import ModelParams, Ranked
 from recsys.user_state import Forgotten, UserState, decode_profile
-from recsys.item_stats import cooc_context
 from recsys.user_step import Emit, Interaction, Reject, Slot, StepConfig, Tombstone
 
 
@@ -217,7 +216,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             return self._ranking(state, key, user_id, out, t0, ranked)
         if isinstance(out, Interaction):  # to the item branch, through the interactions topic
             return INTERACTIONS_TAG, Row(out.item_id.encode("utf-8"), pack_interaction(
-                out.type, out.weight, out.ts, cooc_context(out.history, out.item_id)))
+                out.type, out.weight, out.ts, out.context))
         if isinstance(out, Reject):
             return self._dead_letter(user_id, out)
         assert isinstance(out, Tombstone)

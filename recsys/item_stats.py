@@ -135,12 +135,13 @@ class InlineItemStats:
         self.log_pop: dict[str, float] = defaultdict(lambda: -math.inf)
         self.cooc: dict[str, dict[str, float]] = defaultdict(dict)
 
-    def apply(self, history: list[str], item_id: str, event_type: str, weight: float,
+    def apply(self, context: list[str], item_id: str, event_type: str, weight: float,
               ts: int) -> None:
+        """One interaction, ``context`` its co-occurrence context (:func:`cooc_context`)."""
         earlier = self.cooc[item_id]
         updated = record_interaction(self.log_pop[item_id], self.counts[item_id], earlier,
-                                     event_type, weight, ts, cooc_context(history, item_id),
-                                     self.p, self.max_neighbours)
+                                     event_type, weight, ts, context, self.p,
+                                     self.max_neighbours)
         if updated is None:
             return
         self.log_pop[item_id], self.counts[item_id], changed = updated

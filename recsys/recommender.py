@@ -25,8 +25,6 @@ import numpy as np
 
 from recsys import diversity, fusion, interests, kernel, ranking, scoring
 from recsys.catalog import CatalogIndex
-from recsys.ranking import trending_feature  # noqa: F401  (re-exported)
-from recsys.scoring import COOC_FLOOR
 from recsys.user_state import UserState
 
 F_CONTENT, F_COOC, F_POP, F_TREND = range(4)
@@ -143,8 +141,7 @@ def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     co = cooc_scores(state, cat, p) if cooc is None else cooc
     top = float(co.max())
     if top > 0:
-        feats[:, F_COOC] = np.maximum(
-            1.0 + np.log(sel(co) / top + COOC_FLOOR) / -math.log(COOC_FLOOR), 0.0)
+        feats[:, F_COOC] = scoring.relative_cooc(sel(co), top)
     feats[:, F_POP] = sel(cat.relative_log_counts())
     feats[:, F_TREND] = sel(scoring.trend_vector(cat, now_ts, p.popularity_half_life_ms))
     return feats
@@ -220,7 +217,10 @@ def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: Mod
     scores = content * w[:, [F_CONTENT]]
     scores += cooc * w[:, [F_COOC]]
     scores += pop[None, :] * w[:, [F_POP]]
-    scores += np.stack(trends) * w[:, [F_TREND]]
+    if all(t is trends[0] for t in trends):  # one statistics version and clock (the rule)
+        scores += trends[0][None, :] * w[:, [F_TREND]]
+    else:
+        scores += np.stack(trends) * w[:, [F_TREND]]
     scores[:, cat.deleted[:n]] = -np.inf
     for u, st in enumerate(states):
         seen = cat.rows_of_keys(st.seen)
@@ -376,18 +376,11 @@ def item_features(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: 
     raw, counts = 0.0, cat.counts()
     for age, x in enumerate(reversed(state.history)):
         c = cat.neighbours.get(x, {}).get(item_id)
-        if not c:
-            continue
-        rx = cat.row.get(x)
-        if rx is not None and counts[rx] > 0:
-            nx = counts[rx]
-        else:
-            nx = max(float(cat.neighbour_arrays(x)[1].max(initial=0.0)), 1.0)
-        raw += (p.history_decay ** age) * c / math.sqrt(nx)
+        if c:
+            raw += (p.history_decay ** age) * c / math.sqrt(scoring.history_norm(cat, x, counts))
     raw /= math.sqrt(max(counts[r], 1.0))
     if raw > 0 and cooc_top > 0:
-        out[F_COOC] = max(1.0 + math.log(min(raw / cooc_top, 1.0) + COOC_FLOOR) /
-                          -math.log(COOC_FLOOR), 0.0)
+        out[F_COOC] = scoring.relative_cooc(min(raw, cooc_top), cooc_top)
     out[F_POP] = cat.relative_log_counts()[r]
     out[F_TREND] = scoring.trend_vector(cat, now_ts, p.popularity_half_life_ms)[r]
     return out

@@ -57,6 +57,23 @@ def trend_vector(cat, now_ts: int, half_life_ms: float) -> np.ndarray:
     return vec
 
 
+def history_norm(cat, x: str, counts: np.ndarray) -> float:
+    """``n_x``, what a recent item x's co-occurrence counts are divided by (with its square
+    root): its interaction count, or while it has none, its largest pair count (at least 1)."""
+    rx = cat.row.get(x)
+    if rx is not None and counts[rx] > 0:
+        return float(counts[rx])
+    c = cat.neighbour_arrays(x)[1]
+    return max(float(c.max()), 1.0) if c.size else 1.0
+
+
+def relative_cooc(values, top: float):
+    """The co-occurrence feature of scores ``values`` (array or float) for a user whose best
+    is ``top`` > 0: log scale relative to the best (1 = best, 0 = none or below
+    ``COOC_FLOOR`` of it)."""
+    return np.maximum(1.0 + np.log(values / top + COOC_FLOOR) / _COOC_SPAN, 0.0)
+
+
 def cooc_pieces(state, cat, p) -> tuple[list, list, list]:
     """The user's co-occurrence contributions, per recent item x (most recent first): the
     rows of x's neighbours and their parts ``decay^age * count / sqrt(n_x)``. Summed per row
@@ -67,11 +84,9 @@ def cooc_pieces(state, cat, p) -> tuple[list, list, list]:
         rows, c = cat.neighbour_arrays(x)
         if rows.size == 0:
             continue
-        rx = cat.row.get(x)
-        nx = counts[rx] if rx is not None and counts[rx] > 0 else max(float(c.max()), 1.0)
         items.append(x)
         rows_l.append(rows)
-        parts_l.append((p.history_decay ** age) * c / math.sqrt(nx))
+        parts_l.append((p.history_decay ** age) * c / math.sqrt(history_norm(cat, x, counts)))
     return items, rows_l, parts_l
 
 
@@ -98,7 +113,7 @@ def cooc_feature(co: np.ndarray) -> np.ndarray:
     top = co.max(axis=1)
     u, r = np.nonzero(co)
     if u.size:
-        co[u, r] = np.maximum(1.0 + np.log(co[u, r] / top[u] + COOC_FLOOR) / _COOC_SPAN, 0.0)
+        co[u, r] = relative_cooc(co[u, r], top[u])
     return co
 
 

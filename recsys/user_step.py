@@ -43,6 +43,7 @@ import numpy as np
 from contracts.messages import Event
 from recsys import recommender
 from recsys.catalog import CatalogIndex
+from recsys.item_stats import cooc_context
 from recsys.recommender import ModelParams, Ranked
 from recsys.user_state import Due, Forgotten, PendingEvent, UserState
 
@@ -94,13 +95,14 @@ class Tombstone:
 class Interaction:
     """A consumed item, for the item statistics and co-occurrence counts (the job's
     keyed-by-item branch, or ``item_stats.InlineItemStats``): the event's item, type, weight
-    and time, and the user's recent items before it (``history``, oldest first)."""
+    and time, and its co-occurrence context (``item_stats.cooc_context``: the user's recent
+    items before it but itself, oldest first)."""
 
     item_id: str
     type: str
     weight: float
     ts: int
-    history: list[str]
+    context: list[str]
 
 
 Output = Union[Emit, Reject, Tombstone, Interaction]
@@ -154,7 +156,8 @@ def on_event(slot: Slot, ev: Event, cat: CatalogIndex, p: ModelParams, cfg: Step
                      f"item {ev.item_id!r} was deleted from the catalog")
         return
     if p.counts_as_consumption(ev.type, weight):  # known or not: the item branch counts both
-        yield Interaction(ev.item_id, ev.type, weight, ev.ts, list(state.history))
+        yield Interaction(ev.item_id, ev.type, weight, ev.ts,
+                          cooc_context(state.history, ev.item_id))
     if recommender.observe(state, cat, p, ev.item_id, weight, ev.ts, cooc=cooc):
         yield from make_due(slot, ev.event_id or "", ev.ts, cfg, now_ms)
     elif state.add_pending(held(ev, weight, now_ms), p.max_pending):
@@ -305,7 +308,7 @@ class LocalUsers:
         interactions = [o for _, o, _ in outs if isinstance(o, Interaction)]
         if stats is not None:  # after the user's step, as the broadcast reaches the ranker
             for it in interactions:
-                stats.apply(it.history, it.item_id, it.type, it.weight, it.ts)
+                stats.apply(it.context, it.item_id, it.type, it.weight, it.ts)
         return [o for o in outs if not isinstance(o[1], Interaction)]
 
     def tick(self, now_ms: int) -> list:

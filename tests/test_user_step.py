@@ -45,7 +45,7 @@ def test_consumed_items_go_out_as_interactions_with_the_history_before_them():
     outs = [list(on_event(slot, e, cat, P, CFG, "m", 100))
             for e in (ev("i1", 1), ev("i2", 2), ev("zz", 3), ev("i4", 4, kind="skip"))]
     got = [[o for o in out if isinstance(o, Interaction)] for out in outs]
-    assert [(i.item_id, i.history) for g in got for i in g] == \
+    assert [(i.item_id, i.context) for g in got for i in g] == \
         [("i1", []), ("i2", ["i1"]), ("zz", ["i1", "i2"])]
     cat.delete("i5")
     assert not [o for o in on_event(slot, ev("i5", 5), cat, P, CFG, "m", 100)
