@@ -26,7 +26,7 @@ from operators.flink_metrics import OperatorMetrics
 from operators.common import LoggedOpen, now_ms
 from recsys.item_stats import (COOC_DIRTY, KNOWN, STATS_DIRTY, ItemRecord, pack_counts,
                                   record_interaction)
-from recsys.recommender import ModelParams
+from recsys.params import ModelParams
 from operators.types import STATE_BYTES
 from contracts.config import RankingSettings
 

@@ -20,7 +20,8 @@ from operators.flink_metrics import LatencyWindow, OperatorMetrics
 from operators.codecs import pack_interaction
 from operators.types import DLQ_TAG, INTERACTIONS_TAG, STATE_BYTES
 from recsys import kernel, recommender, user_step
-from recsys.recommender import ModelParams, Ranked
+from recsys.params import ModelParams
+from recsys.recommender import Ranked
 from recsys.user_state import Forgotten, UserState, decode_profile
 from recsys.user_step import Emit, Interaction, Reject, Slot, StepConfig, Tombstone
 

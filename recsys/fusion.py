@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 FEATURES = ("content", "cooc", "popularity", "trending")
+F_CONTENT, F_COOC, F_POP, F_TREND = range(len(FEATURES))  # their columns
 
 
 def pairwise_update(weights: np.ndarray, positive: np.ndarray, negatives: np.ndarray,

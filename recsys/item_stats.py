@@ -31,7 +31,7 @@ from recsys.catalog import CatalogIndex
 from recsys.user_state import join_ids, split_ids
 
 if TYPE_CHECKING:
-    from recsys.recommender import ModelParams
+    from recsys.params import ModelParams
 
 KNOWN, STATS_DIRTY, COOC_DIRTY = 1, 2, 4
 _HEAD = struct.Struct("<Bqdd")

@@ -1,7 +1,9 @@
-"""The streamrank model: signals, fusion, learning, diversity and explanations.
+"""The streamrank model: signals, ranking and learning.
 
 Plain functions over :class:`UserState` and :class:`CatalogIndex`; the Flink ranker and
-``streamrank eval`` call exactly these, so what is evaluated is what runs.
+``streamrank eval`` call exactly these, so what is evaluated is what runs. Its settings are
+:class:`recsys.params.ModelParams`, the batched kernel is :mod:`recsys.scoring`, the reasons
+:mod:`recsys.explain`.
 
 Signals (one column each of the feature matrix, all scaled to about [0, 1]):
 
@@ -19,87 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from recsys import diversity, fusion, interests, kernel, ranking, scoring
 from recsys.catalog import CatalogIndex
+from recsys.explain import explain_rows
+from recsys.fusion import F_CONTENT, F_COOC, F_POP, F_TREND  # noqa: F401  (feature columns)
+from recsys.params import ModelParams
 from recsys.user_state import UserState
-
-F_CONTENT, F_COOC, F_POP, F_TREND = range(4)
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    """The ranking settings the model needs, resolved once (times in ms). No defaults of its
-    own: they live in ``conf/streamrank.yaml`` (:meth:`defaults`)."""
-
-    k: int
-    event_weights: Mapping[str, float]
-    rating_neutral: float
-    rating_scale: float
-    max_centroids: int
-    centroid_open_threshold: float
-    alpha: float
-    half_life_ms: float
-    popularity_half_life_ms: float
-    history_size: int
-    history_decay: float
-    fusion_weights: tuple
-    learning_rate: float
-    l2: float
-    mmr_lambda: float
-    mmr_candidates: int
-    max_seen: int
-    max_pending: int
-    cooc_positive_only: bool
-    exact_max_items: int
-    ann_candidates: int
-    ann_nprobe: int
-    popular_candidates: int
-    reason_title_chars: int
-    kernel_precision: str
-
-    @classmethod
-    def defaults(cls, **overrides) -> "ModelParams":
-        """The configured defaults (``conf/streamrank.yaml``), with ``overrides``."""
-        import dataclasses
-
-        from contracts.config import default_settings
-
-        return dataclasses.replace(cls.from_settings(default_settings().ranking), **overrides)
-
-    @classmethod
-    def from_settings(cls, r) -> "ModelParams":
-        return cls(
-            k=r.k, event_weights=dict(r.event_weights), rating_neutral=r.rating_neutral,
-            rating_scale=r.rating_scale, max_centroids=r.max_centroids,
-            centroid_open_threshold=r.centroid_open_threshold, alpha=r.alpha,
-            half_life_ms=r.half_life_hours * ranking.MS_PER_HOUR,
-            popularity_half_life_ms=r.popularity_half_life_hours * ranking.MS_PER_HOUR,
-            history_size=r.history_size, history_decay=r.history_decay,
-            fusion_weights=tuple(float(r.fusion_weights[f]) for f in fusion.FEATURES),
-            learning_rate=r.learning_rate, l2=r.l2, mmr_lambda=r.mmr_lambda,
-            mmr_candidates=r.mmr_candidates, max_seen=r.max_seen, max_pending=r.max_pending,
-            cooc_positive_only=r.cooc_positive_only, exact_max_items=r.exact_max_items,
-            ann_candidates=r.ann_candidates, ann_nprobe=r.ann_nprobe,
-            popular_candidates=r.popular_candidates, reason_title_chars=r.reason_title_chars,
-            kernel_precision=r.kernel_precision)
-
-    @property
-    def prior(self) -> np.ndarray:
-        return np.asarray(self.fusion_weights, dtype=np.float64)
-
-    def weight(self, event_type: str, value: Optional[float]) -> float:
-        return ranking.event_weight(event_type, value, self.event_weights,
-                                    self.rating_neutral, self.rating_scale)
-
-    def counts_as_consumption(self, event_type: str, weight: float) -> bool:
-        """Whether an interaction feeds the interaction counts and co-occurrence: positive
-        feedback always; any rating too (the user consumed the item) unless
-        ``cooc_positive_only``; explicit negatives (skip, dislike) never."""
-        return weight > 0 or (event_type == "rating" and not self.cooc_positive_only)
 
 
 def cooc_scores(state: UserState, cat: CatalogIndex, p: ModelParams,
@@ -277,61 +208,6 @@ def rank_one(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
                else [""] * len(rows))
     return Ranked(rows, [float(scores[i]) for i in at], reasons, feats[at],
                   float(cooc.max()) if cooc.size else 0.0)
-
-
-def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequence[int],
-                 feats: np.ndarray, w: np.ndarray, per_item=None) -> list[str]:
-    """A short reason per ranked row, from the signal that contributed most to its score.
-    ``feats``: the rows' feature vectors, in the order of ``rows``. ``per_item``: the
-    co-occurrence contributions from ``cooc_scores(contributions=True)``."""
-    hist_rows = [cat.row[x] for x in state.history if x in cat.row]
-    if per_item is None:
-        _, per_item = cooc_scores(state, cat, p, contributions=True)
-    best = np.argmax(feats * w, axis=1).tolist() if len(feats) else []
-    # For the rows explained by co-occurrence: the history item that contributed most (the
-    # first one on ties).
-    by_cooc = [r for r, b in zip(rows, best) if b == F_COOC]
-    cooc_from: dict[int, str] = {}
-    if by_cooc:
-        slot = np.full(cat.size, -1, dtype=np.int64)
-        slot[by_cooc] = np.arange(len(by_cooc))
-        top_v = np.zeros(len(by_cooc))
-        for x, nrows, part in per_item:
-            hit = slot[nrows]
-            found = hit >= 0
-            for j, v in zip(hit[found].tolist(), part[found].tolist()):
-                if v > top_v[j]:
-                    top_v[j] = v
-                    cooc_from[by_cooc[j]] = x
-    by_content = [r for r, b in zip(rows, best) if b == F_CONTENT] if hist_rows else []
-    similar: dict[int, int] = {}
-    if by_content:  # each such row's most similar recent item, from one product
-        mat = cat.live_matrix()
-        sims = mat[by_content] @ mat[hist_rows].T
-        similar = dict(zip(by_content, np.argmax(sims, axis=1).tolist()))
-    out = []
-    for r, b in zip(rows, best):
-        reason = "trending now" if b == F_TREND else "popular"
-        if b == F_CONTENT and hist_rows:
-            reason = "similar to " + cite(cat.titles[hist_rows[similar[r]]],
-                                          p.reason_title_chars)
-        elif b == F_CONTENT:
-            reason = "matches your interests"
-        elif b == F_COOC:
-            x = cooc_from.get(r)
-            if x is not None and x in cat.row:
-                reason = "often liked after " + cite(cat.titles[cat.row[x]],
-                                                     p.reason_title_chars)
-            else:
-                reason = "often liked together with your items"
-        out.append(reason)
-    return out
-
-
-def cite(title: str, max_chars: int) -> str:
-    """A title as cited in a reason: at most ``max_chars`` characters (an ellipsis marks a
-    cut), so a ranking's size does not depend on the catalog's titles."""
-    return title if len(title) <= max_chars else title[: max(0, max_chars - 1)] + "\u2026"
 
 
 def learn(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: str,

@@ -44,7 +44,8 @@ from contracts.messages import Event
 from recsys import recommender
 from recsys.catalog import CatalogIndex
 from recsys.item_stats import cooc_context
-from recsys.recommender import ModelParams, Ranked
+from recsys.params import ModelParams
+from recsys.recommender import Ranked
 from recsys.user_state import Due, Forgotten, PendingEvent, UserState
 
 

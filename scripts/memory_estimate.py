@@ -20,7 +20,7 @@ import numpy as np
 
 from recsys.catalog import CatalogIndex
 from recsys.item_stats import ItemRecord, cooc_context, record_interaction
-from recsys.recommender import ModelParams
+from recsys.params import ModelParams
 from recsys.user_state import UserState
 from contracts.config import load_settings
 from streamrank.replay import read_events, read_items

@@ -27,8 +27,8 @@ One invocation, phases run one after the other so they do not compete for the co
 Each throughput phase also reports the CPU share of the job, the broker and the load
 generator (this process), as ``cpu_share_*`` (CPU seconds over wall seconds x cores).
 
-Phases 1-3 are here; the plain loop (4) is ``bench_loop.py``, phases 5 and 6
-``bench_ranker.py``.
+Phases 1-3 are in ``bench_job.py``, the plain loop (4) in ``bench_loop.py``, phases 5 and
+6 in ``bench_ranker.py``; this module runs them in order and writes the report.
 
 Writes ``bench.json`` and ``bench.png`` under ``--out``; the last line printed is one JSON
 object with ``events_per_s``, ``interleaved_events_per_s``, ``loop_events_per_s``,
@@ -43,62 +43,11 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
-
-import numpy as np
 
 from contracts.config import Settings, Topics
-from streamrank.progress import say
+from streamrank.bench_job import bench_say, cores, job_phases, skeleton_phase
 
 log = logging.getLogger("streamrank.bench")
-
-
-def _say(msg: str) -> None:
-    say("bench", msg)
-
-
-def _percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None}
-    a = np.asarray(values, dtype=float)
-    return {f"p{q}_ms": round(float(np.percentile(a, q)), 1) for q in (50, 95, 99)}
-
-
-class ClusterJob:
-    """The job on a standalone cluster of one-slot TaskManagers, with the surface of
-    :class:`streamrank.watch.JobProcess` that the benchmark uses (start, check, stop)."""
-
-    def __init__(self, settings: Settings):
-        from streamrank.cluster import StandaloneCluster
-
-        self.settings = settings
-        self.cluster = StandaloneCluster(settings)
-        self.job_id = ""
-        self._checked = 0.0
-
-    def start(self) -> "ClusterJob":
-        if self.cluster.jobmanager_pids():
-            raise RuntimeError(f"a cluster of {self.cluster.root} is already running; "
-                               "`streamrank cluster down` first")
-        self.cluster.up()
-        self.job_id = self.cluster.submit(self.settings)
-        self.cluster.wait_job_running(self.job_id, wait_s=180)
-        return self
-
-    def check(self) -> None:
-        if time.monotonic() - self._checked < 5:
-            return
-        self._checked = time.monotonic()
-        state = self.cluster.job_state(self.job_id)
-        if state in ("FAILED", "CANCELED", "FINISHED", "FAILING"):
-            raise RuntimeError(f"job {self.job_id} is {state}; logs in {self.cluster.root}/log")
-
-    def stop(self) -> None:
-        try:
-            if self.job_id:
-                self.cluster.cancel(self.job_id)
-        finally:
-            self.cluster.down()
 
 
 def interleaved(events: list[dict], prefix: str) -> list[dict]:
@@ -134,171 +83,6 @@ def _bench_settings(settings: Settings, out: Path, tag: str, parallelism: int,
     return settings.replace(**over)
 
 
-class CpuMeter:
-    """CPU seconds of the job (its whole process group: client, MiniCluster JVM, Python),
-    the broker and this process (the load generator: producing events, reading rankings),
-    from /proc; :meth:`shares` gives each one's share of the machine over an interval."""
-
-    def __init__(self, job_pgid: Optional[int], broker_pid: Optional[int]):
-        import os
-
-        self.groups = {"job": job_pgid, "broker": broker_pid, "load_generator": os.getpid()}
-        self.tick = os.sysconf("SC_CLK_TCK")
-
-    def _seconds(self) -> dict:
-        import os
-
-        out = dict.fromkeys(self.groups, 0.0)
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            cpu = (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
-            pgid = int(fields[2])
-            for name, ident in self.groups.items():
-                if ident is not None and (int(pid) == ident or
-                                          (name == "job" and pgid == ident)):
-                    out[name] += cpu
-        return out
-
-    def start(self) -> None:
-        self._t0, self._c0 = time.monotonic(), self._seconds()
-
-    def shares(self) -> dict:
-        """Each one's CPU seconds since :meth:`start` over (wall seconds x cores)."""
-        wall, c1 = time.monotonic() - self._t0, self._seconds()
-        return {f"cpu_share_{k}": round((c1[k] - self._c0[k]) / (wall * _cores()), 3)
-                for k in self.groups}
-
-
-class _JobPhases:
-    """The phases that run against the job, on its topics, one after the other."""
-
-    def __init__(self, settings: Settings, job, rankings, producer,
-                 cpu: Optional[CpuMeter] = None):
-        self.settings, self.job, self.rankings, self.producer = settings, job, rankings, producer
-        self.topic = settings.kafka.topics.events
-        self.cpu = cpu
-
-    def throughput(self, events: list[dict], label: str, prefix: str) -> dict:
-        """All ``events`` at once: events/s from the first sent to the last ranking received,
-        and the rankings it took (coalescing covers a burst of one user with few)."""
-        from streamrank.replay import produce
-
-        _say(f"throughput, {label} (all events at once)")
-        if self.cpu is not None:
-            self.cpu.start()
-        t_send = time.time() * 1000
-        produce(self.producer, self.topic, events, "user_id", desc=f"events ({label})")
-        ids = [e["event_id"] for e in events]
-        _wait_all(self.rankings, ids, self.job)
-        seconds = (max(self.rankings.by_event[i][0] for i in ids) - t_send) / 1000
-        n_rankings = self.rankings.rankings_covering(prefix)
-        res = {"events_per_s": round(len(ids) / seconds, 1), "rankings": n_rankings,
-               "rankings_per_s": round(n_rankings / seconds, 1),
-               **(self.cpu.shares() if self.cpu is not None else {})}
-        _say(f"job, {label}: {json.dumps(res)}")
-        return res
-
-    def latency(self, events: list[dict], rate: float, label: str) -> tuple[dict, float]:
-        """``events`` at ``rate``: from each event's production to the first ranking that
-        covers it, percentiles; and the rate achieved."""
-        from streamrank.replay import produce
-
-        _say(f"latency, {label}, at {rate:g} events/s")
-        sent_at: dict[str, int] = {}
-        produce(self.producer, self.topic, events, "user_id", rate=rate,
-                desc="events (paced)",
-                on_sent=lambda rec, ms: sent_at.__setitem__(rec["event_id"], ms))
-        _wait_all(self.rankings, [e["event_id"] for e in events], self.job)
-        lat = [self.rankings.by_event[e][0] - sent_at[e] for e in sent_at]
-        span = (max(sent_at.values()) - min(sent_at.values())) / 1000
-        pct = _percentiles(lat)
-        _say(f"job latency at {rate:g}/s: p50 {pct['p50_ms']} ms, p95 {pct['p95_ms']} ms, "
-             f"p99 {pct['p99_ms']} ms")
-        return pct, round(len(events) / max(span, 1e-9), 1)
-
-
-def _job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[dict],
-                streams: dict, rate: float, broker_pid: Optional[int] = None) -> dict:
-    """Start the job, load the catalog, run the throughput and latency phases."""
-    from streamrank.replay import make_producer, produce
-    from streamrank.watch import JobProcess, RankingsReader, wait_for_catalog
-    from udfs.warmup import warm_cache
-
-    result: dict = {}
-    job = rankings = producer = None
-    try:
-        warm_cache(items, settings.model)
-        job = (ClusterJob(settings) if taskmanagers
-               else JobProcess(settings, out / "job.log")).start()
-        props = settings.kafka.properties
-        rankings = RankingsReader(settings.kafka.bootstrap_servers,
-                                  settings.kafka.topics.rankings, props)
-        producer = make_producer(settings.kafka.bootstrap_servers, props)
-        produce(producer, settings.kafka.topics.items, items, "item_id", desc="items")
-        wait_for_catalog(producer, settings, rankings, items[-1]["item_id"], len(items),
-                         job=job, timeout_s=900)
-        cpu = None if taskmanagers else CpuMeter(job.proc.pid, broker_pid)
-        phases = _JobPhases(settings, job, rankings, producer, cpu)
-        result.update(phases.throughput(streams["burst"], "time-ordered", streams["prefix"]))
-        result["interleaved"] = phases.throughput(streams["interleaved"], "interleaved",
-                                                  streams["interleaved_prefix"])
-        result["interleaved_events_per_s"] = result["interleaved"]["events_per_s"]
-        pct, achieved = phases.latency(streams["paced"], rate, "time-ordered")
-        result.update(pct, latency_rate_achieved=achieved)
-        if streams["sustained"]:
-            half = max(1.0, round(result["events_per_s"] / 2))
-            pct, achieved = phases.latency(streams["sustained"][:max(int(half * 20), 100)],
-                                           half, "half load")
-            result["half_load"] = {"rate": half, "rate_achieved": achieved, **pct}
-    finally:
-        for c in (producer, rankings):
-            if c is not None:
-                c.close()
-        if job is not None:
-            job.stop()
-    return result
-
-
-def _skeleton_phase(settings: Settings, out: Path, events: list[dict], tag: str,
-                    broker_pid: Optional[int] = None) -> dict:
-    """The job's skeleton (``jobs/skeleton_job.py``: the same sources, sinks, parsing, keying
-    and state accesses, no model) on its own topics, the time-ordered events all at once."""
-    from streamrank.kafka_local import create_topics
-    from streamrank.replay import make_producer
-    from streamrank.watch import JobProcess, RankingsReader
-
-    over = {"kafka.group_id": f"streamrank-bench-{tag}-skeleton",
-            "flink.checkpoint_dir": str((out / "checkpoints" / f"{tag}-skeleton").resolve())}
-    for role in ("events", "rankings", "interactions"):
-        over[f"kafka.topics.{role}"] = f"bench-{tag}-skeleton-{role}"
-    settings = settings.replace(**over)
-    create_topics(settings.kafka)
-    prefix = f"s{tag}-"
-    events = [{**e, "event_id": f"{prefix}{i}"} for i, e in enumerate(events)]
-    job = JobProcess(settings, out / "skeleton.log", module="jobs.skeleton_job").start()
-    props = settings.kafka.properties
-    rankings = RankingsReader(settings.kafka.bootstrap_servers, settings.kafka.topics.rankings,
-                              props)
-    producer = make_producer(settings.kafka.bootstrap_servers, props)
-    try:
-        from streamrank.replay import produce
-
-        warm = [{**events[0], "event_id": f"{prefix}warm"}]  # the job is up once this is out
-        produce(producer, settings.kafka.topics.events, warm, "user_id", progress=False)
-        _wait_all(rankings, [warm[0]["event_id"]], job, timeout_s=300)
-        return _JobPhases(settings, job, rankings, producer,
-                          CpuMeter(job.proc.pid, broker_pid)).throughput(
-            events, "skeleton, time-ordered", prefix)
-    finally:
-        producer.close()
-        rankings.close()
-        job.stop()
-
-
 def _tool_phases(settings: Settings, items: list[dict], all_events: list[dict],
                  skip_embedding: bool, embed_texts: int, scale_items: int) -> dict:
     """The phases without the job: embedding speed, the ranker alone at catalog scale."""
@@ -307,14 +91,14 @@ def _tool_phases(settings: Settings, items: list[dict], all_events: list[dict],
 
     result: dict = {}
     if not skip_embedding:
-        _say("embedding texts/s, fp32 vs bf16 vs int8")
+        bench_say("embedding texts/s, fp32 vs bf16 vs int8")
         now = int(time.time() * 1000)
         texts = [parse_item(json.dumps(it).encode(), now_ms=now).text()
                  for it in items[:embed_texts]]
         result["embedding"] = embedding_speed(settings, texts)
-        _say(json.dumps(result["embedding"]))
+        bench_say(json.dumps(result["embedding"]))
     if scale_items:
-        _say(f"the ranker alone, {len(items)} items exact vs {scale_items} "
+        bench_say(f"the ranker alone, {len(items)} items exact vs {scale_items} "
              "via candidates + ANN")
         result["scale"] = catalog_scale(settings, items, all_events, scale_items=scale_items)
         large = result["scale"]["large"]
@@ -344,7 +128,7 @@ def _run_facts(settings: Settings, catalog: int, streams: dict, rate: float,
             "runtime": (f"standalone cluster, {taskmanagers} TaskManager(s) x 1 slot"
                         if taskmanagers else "MiniCluster"),
             "events": len(streams["burst"]), "latency_events": len(streams["paced"]),
-            "latency_rate": rate, "cores": _cores(),
+            "latency_rate": rate, "cores": cores(),
             "delivery": settings.kafka.delivery_guarantee,
             "state_backend": settings.flink.state_backend,
             "emit_window_ms": settings.ranking.emit_window_ms,
@@ -373,7 +157,7 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
                              id_prefix=f"b{tag}")
     streams = _streams(all_events, events, latency_events, tag)
     result = _run_facts(settings, len(items), streams, rate, parallelism, taskmanagers)
-    _say(f"{len(items)} items, {events} + {events} (interleaved) + {latency_events} events, "
+    bench_say(f"{len(items)} items, {events} + {events} (interleaved) + {latency_events} events, "
          f"parallelism {parallelism}")
     broker = LocalBroker(settings.local_kafka)
     started = broker.pid() is None
@@ -381,21 +165,21 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
     try:
         loop_topic = f"bench-{tag}-loop-rankings"
         create_topics(settings.kafka, extra=(loop_topic,))
-        result.update(_job_phases(settings, out, taskmanagers, items, streams, rate,
+        result.update(job_phases(settings, out, taskmanagers, items, streams, rate,
                                   broker.pid()))
         if not taskmanagers:
-            result["skeleton"] = _skeleton_phase(settings, out, streams["burst"], tag,
+            result["skeleton"] = skeleton_phase(settings, out, streams["burst"], tag,
                                                  broker.pid())
             result["skeleton_events_per_s"] = result["skeleton"]["events_per_s"]
             result["ratio_vs_skeleton"] = round(
                 result["events_per_s"] / result["skeleton_events_per_s"], 3)
-        _say("plain kafka-python + numpy loop, same topics, same step and coalescing")
+        bench_say("plain kafka-python + numpy loop, same topics, same step and coalescing")
         n_loop = sum(len(streams[k]) for k in ("burst", "interleaved", "paced", "sustained"))
         loop = plain_loop(settings, n_loop, loop_topic)
         result["loop_events_per_s"] = loop["events_per_s"]
         result["ratio_vs_loop"] = round(result["events_per_s"] / loop["events_per_s"], 3) \
             if loop["events_per_s"] else None
-        _say(f"loop: {loop['events_per_s']} events/s")
+        bench_say(f"loop: {loop['events_per_s']} events/s")
     finally:
         if started:
             broker.down()
@@ -404,22 +188,6 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     result["plot"] = str(_plot(result, out / "bench.png"))
     return result
-
-
-def _wait_all(rankings, ids: list[str], job, timeout_s: float = 3600) -> None:
-    from tqdm import tqdm
-
-    with tqdm(total=len(ids), desc="rankings", unit="ev", mininterval=0.5) as bar:
-        n = rankings.wait_ranked(ids, timeout_s, job=job,
-                                 on_tick=lambda n: bar.update(n - bar.n))
-    if n < len(ids):
-        raise TimeoutError(f"only {n} of {len(ids)} rankings after {timeout_s:.0f}s")
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _plot(result: dict, path: Path) -> Path:

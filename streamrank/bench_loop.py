@@ -51,7 +51,7 @@ def plain_loop(settings: Settings, n_events: int, out_topic: str,
     from contracts.kafka_clients import python_client_kwargs
     from contracts.messages import InvalidRecord, parse_event, ranking_record
     from recsys.item_stats import InlineItemStats
-    from recsys.recommender import ModelParams
+    from recsys.params import ModelParams
     from recsys.user_step import Emit, LocalUsers, StepConfig
 
     kafka, p = settings.kafka, ModelParams.from_settings(settings.ranking)

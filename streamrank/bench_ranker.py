@@ -98,7 +98,7 @@ def _replay_ranker(settings: Settings, cat, evs: list, check_recall: bool,
     input (a copy of the state, and its clock)."""
     from recsys import recommender
     from recsys.item_stats import InlineItemStats
-    from recsys.recommender import ModelParams
+    from recsys.params import ModelParams
     from recsys.user_state import UserState
     from recsys.user_step import Emit, LocalUsers, StepConfig, show
 
@@ -136,7 +136,7 @@ def _one_by_one_vs_batched(settings: Settings, cat, requests: list) -> dict:
     """The same rankings (each user's state after each event, the final catalog statistics)
     one at a time and in batches of ``ranking.batch_max_users``, as a window ranks them."""
     from recsys import recommender
-    from recsys.recommender import ModelParams
+    from recsys.params import ModelParams
 
     p, batch = ModelParams.from_settings(settings.ranking), max(1, settings.ranking.batch_max_users)
     t0 = time.perf_counter()

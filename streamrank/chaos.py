@@ -96,7 +96,7 @@ def reference_digests(items: list[dict], events: list[dict], settings: Settings,
                       now_ms: Optional[int] = None) -> dict[str, str]:
     """Each user's final ``state_digest`` after ``events``, computed in this process with the
     ranker's own per-event step (:class:`LocalUsers`) over the same catalog vectors."""
-    from recsys.recommender import ModelParams
+    from recsys.params import ModelParams
     from recsys.user_state import UserState
     from recsys.user_step import LocalUsers, StepConfig
     from streamrank.offline import catalog_of, embed_items

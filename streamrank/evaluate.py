@@ -26,7 +26,7 @@ from contracts.messages import Event
 from recsys import metrics, ranking, recommender
 from recsys.catalog import CatalogIndex
 from recsys.item_stats import InlineItemStats
-from recsys.recommender import ModelParams
+from recsys.params import ModelParams
 from recsys.user_step import LocalUsers, StepConfig, show
 from streamrank.offline import catalog_of, embed_items
 from streamrank.replay import read_events, read_items

@@ -41,7 +41,7 @@ def test_defaults_live_in_the_yaml_file_only():
     and the model's parameters hold types only, and a file missing a key is refused."""
     import dataclasses
 
-    from recsys.recommender import ModelParams
+    from recsys.params import ModelParams
     from contracts import config
 
     settings_classes = [config.Settings, config.Topics, config.KafkaSettings,

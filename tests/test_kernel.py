@@ -6,7 +6,7 @@ import pytest
 
 from recsys import diversity, kernel, recommender
 from recsys.catalog import CatalogIndex
-from recsys.recommender import ModelParams
+from recsys.params import ModelParams
 from recsys.user_state import UserState
 
 pytestmark = pytest.mark.unit

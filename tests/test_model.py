@@ -7,7 +7,7 @@ import pytest
 
 from recsys import diversity, fusion, interests, item_stats, metrics, recommender
 from recsys.catalog import CatalogIndex
-from recsys.recommender import ModelParams
+from recsys.params import ModelParams
 from recsys.user_state import UserState
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,7 @@ import pytest
 
 from recsys import recommender
 from recsys.catalog import CatalogIndex
-from recsys.recommender import ModelParams
+from recsys.params import ModelParams
 from recsys.user_state import UserState
 
 from streamrank.kafka_local import create_topics

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recsys import item_stats, recommender
+from recsys import explain, item_stats, recommender
 from recsys.catalog import CatalogIndex
-from recsys.recommender import ModelParams
+from recsys.params import ModelParams
 from recsys.user_state import Forgotten, UserState, decode_profile
 from contracts.kafka_clients import MASK, masked, python_client_kwargs
 from contracts.messages import InvalidRecord, dlq_record, parse_event, parse_item
@@ -180,8 +180,8 @@ def test_trending_never_overflows_for_any_valid_timestamp():
 
 
 def test_reasons_cite_titles_cut_to_the_cap():
-    assert recommender.cite("A" * 500, 80) == "A" * 79 + "\u2026"
-    assert recommender.cite("Short", 80) == "Short"
+    assert explain.cite("A" * 500, 80) == "A" * 79 + "\u2026"
+    assert explain.cite("Short", 80) == "Short"
 
 
 def test_a_forgotten_user_is_a_small_marker():

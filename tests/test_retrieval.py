@@ -6,7 +6,7 @@ import pytest
 
 from recsys import recommender
 from recsys.catalog import CatalogIndex
-from recsys.recommender import ModelParams
+from recsys.params import ModelParams
 from recsys.retrieval import AnnIndex, nlist_for
 from recsys.user_state import UserState
 

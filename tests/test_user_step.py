@@ -8,7 +8,7 @@ import pytest
 
 from contracts.messages import Event
 from recsys.catalog import CatalogIndex
-from recsys.recommender import ModelParams
+from recsys.params import ModelParams
 from recsys.user_state import Forgotten, UserState, item_keys
 from recsys.user_step import (Emit, Interaction, LocalUsers, Reject, Slot, StepConfig,
                               Tombstone, on_event, on_timer, window_end)

@@ -1,0 +1,67 @@
+"""A short reason for each ranked item, from the signal that contributed most to its score
+("similar to X", "often liked after Y", "popular", "trending now")."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from recsys.catalog import CatalogIndex
+from recsys.fusion import F_CONTENT, F_COOC, F_TREND
+from recsys.params import ModelParams
+from recsys.user_state import UserState
+
+
+def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequence[int],
+                 feats: np.ndarray, w: np.ndarray, per_item) -> list[str]:
+    """A short reason per ranked row, from the signal that contributed most to its score.
+    ``feats``: the rows' feature vectors, in the order of ``rows``. ``per_item``: the
+    co-occurrence contributions, (recent item, rows, parts) per recent item
+    (``scoring.cooc_pieces``)."""
+    hist_rows = [cat.row[x] for x in state.history if x in cat.row]
+    best = np.argmax(feats * w, axis=1).tolist() if len(feats) else []
+    # For the rows explained by co-occurrence: the history item that contributed most (the
+    # first one on ties).
+    by_cooc = [r for r, b in zip(rows, best) if b == F_COOC]
+    cooc_from: dict[int, str] = {}
+    if by_cooc:
+        slot = np.full(cat.size, -1, dtype=np.int64)
+        slot[by_cooc] = np.arange(len(by_cooc))
+        top_v = np.zeros(len(by_cooc))
+        for x, nrows, part in per_item:
+            hit = slot[nrows]
+            found = hit >= 0
+            for j, v in zip(hit[found].tolist(), part[found].tolist()):
+                if v > top_v[j]:
+                    top_v[j] = v
+                    cooc_from[by_cooc[j]] = x
+    by_content = [r for r, b in zip(rows, best) if b == F_CONTENT] if hist_rows else []
+    similar: dict[int, int] = {}
+    if by_content:  # each such row's most similar recent item, from one product
+        mat = cat.live_matrix()
+        sims = mat[by_content] @ mat[hist_rows].T
+        similar = dict(zip(by_content, np.argmax(sims, axis=1).tolist()))
+    out = []
+    for r, b in zip(rows, best):
+        reason = "trending now" if b == F_TREND else "popular"
+        if b == F_CONTENT and hist_rows:
+            reason = "similar to " + cite(cat.titles[hist_rows[similar[r]]],
+                                          p.reason_title_chars)
+        elif b == F_CONTENT:
+            reason = "matches your interests"
+        elif b == F_COOC:
+            x = cooc_from.get(r)
+            if x is not None and x in cat.row:
+                reason = "often liked after " + cite(cat.titles[cat.row[x]],
+                                                     p.reason_title_chars)
+            else:
+                reason = "often liked together with your items"
+        out.append(reason)
+    return out
+
+
+def cite(title: str, max_chars: int) -> str:
+    """A title as cited in a reason: at most ``max_chars`` characters (an ellipsis marks a
+    cut), so a ranking's size does not depend on the catalog's titles."""
+    return title if len(title) <= max_chars else title[: max(0, max_chars - 1)] + "\u2026"
