@@ -135,6 +135,7 @@ class RankingSettings:
     cooc_positive_only: bool
     fusion_weights: Mapping[str, float]
     learning_rate: float
+    content_signal: bool
     l2: float
     mmr_lambda: float
     mmr_candidates: int

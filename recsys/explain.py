@@ -19,7 +19,7 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
     ``feats``: the rows' feature vectors, in the order of ``rows``. ``per_item``: the
     co-occurrence contributions, (recent item, rows, parts) per recent item
     (``scoring.cooc_pieces``)."""
-    hist_rows = [cat.row[x] for x in state.history if x in cat.row]
+    hist_rows = [cat.row[x] for x in state.history if x in cat.row and not cat.is_deleted(x)]
     best = np.argmax(feats * w, axis=1).tolist() if len(feats) else []
     # For the rows explained by co-occurrence: the history item that contributed most (the
     # first one on ties).
@@ -52,7 +52,7 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
             reason = "matches your interests"
         elif b == F_COOC:
             x = cooc_from.get(r)
-            if x is not None and x in cat.row:
+            if x is not None and x in cat.row and not cat.is_deleted(x):
                 reason = "often liked after " + cite(cat.titles[cat.row[x]],
                                                      p.reason_title_chars)
             else:

@@ -29,6 +29,7 @@ class ModelParams:
     history_decay: float
     fusion_weights: tuple
     learning_rate: float
+    content_signal: bool
     l2: float
     mmr_lambda: float
     mmr_candidates: int
@@ -61,7 +62,8 @@ class ModelParams:
             popularity_half_life_ms=r.popularity_half_life_hours * ranking.MS_PER_HOUR,
             history_size=r.history_size, history_decay=r.history_decay,
             fusion_weights=tuple(float(r.fusion_weights[f]) for f in fusion.FEATURES),
-            learning_rate=r.learning_rate, l2=r.l2, mmr_lambda=r.mmr_lambda,
+            learning_rate=r.learning_rate, content_signal=r.content_signal, l2=r.l2,
+            mmr_lambda=r.mmr_lambda,
             mmr_candidates=r.mmr_candidates, max_seen=r.max_seen, max_pending=r.max_pending,
             cooc_positive_only=r.cooc_positive_only, exact_max_items=r.exact_max_items,
             ann_candidates=r.ann_candidates, ann_nprobe=r.ann_nprobe,
@@ -75,6 +77,13 @@ class ModelParams:
     def weight(self, event_type: str, value: Optional[float]) -> float:
         return ranking.event_weight(event_type, value, self.event_weights,
                                     self.rating_neutral, self.rating_scale)
+
+    def enters_history(self, weight: float) -> bool:
+        """Whether an applied interaction becomes one of the user's recent items (the
+        co-occurrence context and what reasons cite): positive feedback, and a neutral rating
+        (the user consumed the item) unless ``cooc_positive_only``. Negative feedback (a skip,
+        a dislike, a rating below ``rating_neutral``) never: it only excludes the item."""
+        return weight > 0 or (weight == 0 and not self.cooc_positive_only)
 
     def counts_as_consumption(self, event_type: str, weight: float) -> bool:
         """Whether an interaction feeds the interaction counts and co-occurrence: positive

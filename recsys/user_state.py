@@ -14,7 +14,7 @@ of 64-bit item keys (:func:`item_key`; at most ``ranking.max_seen``, the oldest 
 first): 8 bytes an item, copied in and out of state as one array, so neither its size per
 item nor the time to read, write or test it grows with the length of the ids (version 3
 kept the ids as text: ~100 us to split and join 5,000 of them at every event). ``history`` the
-most recent of them (co-occurrence context), ``shown`` the last top-k (negatives for learning),
+most recent of them the user consumed (co-occurrence context; negative feedback never), ``shown`` the last top-k (negatives for learning),
 ``shown_features`` the shown items' features when they were ranked and ``cooc_top`` the
 user's best co-occurrence score then (what learning compares the next engaged item with,
 without scoring the catalog again), ``pending`` events whose item was not in the catalog yet, ``due`` the events applied since the
@@ -216,14 +216,23 @@ class UserState:
                    pending=pending, model=tail.get("model", ""),
                    due=_due(due), shown_features=sf, cooc_top=cooc_top)
 
-    def mark_seen(self, item_id: str, max_seen: int, max_history: int) -> None:
+    def mark_seen(self, item_id: str, max_seen: int, max_history: int,
+                  consumed: bool = True) -> None:
+        """Exclude the item from the user's rankings from now on; ``consumed`` also makes it
+        the most recent item of the history that feeds co-occurrence and the reasons
+        (``ModelParams.enters_history``). Negative feedback is seen, never recent: it must
+        not pull in its neighbours or be cited as something the user liked, and it takes
+        back an earlier like of the same item."""
         key = np.uint64(item_key(item_id))
         seen = self.seen
         if seen.size and key in seen:
             seen = seen[seen != key]
         seen = np.append(seen, key)
         self.seen = seen[-max_seen:] if seen.size > max_seen else seen
-        push_recent(self.history, item_id, max_history)
+        if consumed:
+            push_recent(self.history, item_id, max_history)
+        elif item_id in self.history:
+            self.history.remove(item_id)
 
     def has_seen(self, item_id: str) -> bool:
         return bool(self.seen.size) and np.uint64(item_key(item_id)) in self.seen

@@ -89,8 +89,17 @@ def cmd_demo(args) -> int:
 def cmd_eval(args) -> int:
     from streamrank.evaluate import run_eval
 
+    from streamrank.evaluate import METHODS, table
+
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        print(f"eval: unknown method(s) {', '.join(unknown)}; choose from "
+              f"{', '.join(METHODS)}", file=sys.stderr)
+        return 2
     result = run_eval(_settings(args), args.data, limit=args.limit or None, out_dir=args.out,
-                      methods=tuple(args.methods.split(",")))
+                      methods=methods, cold_items=args.cold_items)
+    print("HR@10 / NDCG@10 by slice:\n" + table(result), file=sys.stderr)
     print(f"eval: plot {result.pop('plot')}, json {result.pop('json')}", file=sys.stderr)
     print(json.dumps(result))
     return 0
@@ -265,8 +274,10 @@ def _add_eval(sub, common) -> None:
     s.add_argument("--data", default=DEFAULT_DATA, help=_DATA_HELP)
     s.add_argument("--limit", type=int, help="evaluate on the first N events only")
     s.add_argument("--out", default=".run/eval", help="where eval.json and eval.png go")
-    s.add_argument("--methods", default="streamrank,popularity,embedding,cooc",
-                   help="comma-separated subset of streamrank,popularity,embedding,cooc")
+    s.add_argument("--methods", help="comma-separated subset of the methods (default all: "
+                   "streamrank, streamrank-no-content, popularity, embedding, cooc)")
+    s.add_argument("--cold-items", type=int, default=5,
+                   help="the cold-item slice: targets with fewer earlier interactions")
     s.set_defaults(func=cmd_eval)
 
 

@@ -1,5 +1,6 @@
 """The ranking model's pure parts: interests, co-occurrence, fusion learning, MMR, metrics."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -187,3 +188,57 @@ def test_learning_moves_weights_towards_the_signal_that_predicted_the_choice():
     assert w is not None
     assert w[recommender.F_COOC] > p.prior[recommender.F_COOC]
     assert w[recommender.F_CONTENT] < p.prior[recommender.F_CONTENT]
+
+
+def test_negative_feedback_stays_out_of_the_history_and_the_reasons():
+    cat = small_catalog()
+    p = ModelParams.defaults(k=3, event_weights={"like": 1.0, "dislike": -0.7, "skip": -0.2},
+                             fusion_weights=(1.0, 1.0, 0.0, 0.0), mmr_lambda=1.0)
+    st = UserState.empty(3)
+    for item, etype, value in (("i0", "like", None), ("i2", "dislike", None),
+                               ("i4", "skip", None), ("i3", "rating", 1.0)):
+        assert recommender.observe(st, cat, p, item, p.weight(etype, value), 1000)
+    # Every one is seen (never recommended again); only the like is recent.
+    assert all(st.has_seen(x) for x in ("i0", "i2", "i3", "i4"))
+    assert st.history == ["i0"]
+    # A neutral rating is consumption (enters the history); a later dislike takes back a like.
+    assert recommender.observe(st, cat, p, "i1", p.weight("rating", p.rating_neutral), 2000)
+    assert st.history == ["i0", "i1"]
+    recommender.observe(st, cat, p, "i0", p.weight("dislike", None), 3000)
+    assert st.history == ["i1"]
+    # With cooc_positive_only a neutral rating stays out too.
+    strict = ModelParams.defaults(cooc_positive_only=True)
+    assert not strict.enters_history(strict.weight("rating", strict.rating_neutral))
+    assert strict.enters_history(strict.weight("rating", 4.0))
+
+
+def test_reasons_never_cite_a_disliked_or_deleted_item():
+    cat = small_catalog()
+    cat.upsert("i5", "Title 5", unit([0.8, 0.2, 0]))
+    p = ModelParams.defaults(k=2, event_weights={"like": 1.0, "dislike": -0.7},
+                             fusion_weights=(1.0, 0.0, 0.0, 0.0), mmr_lambda=1.0)
+    st = UserState.empty(3)
+    recommender.observe(st, cat, p, "i0", 1.0, 1000)  # liked; i1 and i5 look like it
+    recommender.observe(st, cat, p, "i2", -0.7, 2000)  # disliked
+    recommender.observe(st, cat, p, "i3", 1.0, 3000)  # liked
+    cited = " ".join(recommender.rank(st, cat, p, 4000).reasons)
+    assert "Title 2" not in cited and "Title 0" in cited
+    cat.delete("i0")
+    cited = " ".join(recommender.rank(st, cat, p, 5000).reasons)
+    assert "Title 0" not in cited and "Title 2" not in cited
+
+
+def test_the_content_ablation_zeroes_the_content_feature_only():
+    cat = small_catalog()
+    cat.set_popularity("i4", 0.0, 3.0)
+    p = ModelParams.defaults(event_weights={"like": 1.0})
+    st = UserState.empty(3)
+    recommender.observe(st, cat, p, "i0", 1.0, 1000)
+    with_content = recommender.rank(st, cat, p, 2000).features
+    ablated = recommender.rank(st, cat, dataclasses.replace(p, content_signal=False),
+                               2000).features
+    assert with_content[:, recommender.F_CONTENT].max() > 0.5
+    assert not ablated[:, recommender.F_CONTENT].any()
+    assert ablated[:, recommender.F_POP].max() > 0
+    feats = recommender.features(st, cat, dataclasses.replace(p, content_signal=False), 2000)
+    assert not feats[:, recommender.F_CONTENT].any()

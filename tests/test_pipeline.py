@@ -189,6 +189,34 @@ def test_events_for_unknown_items_are_held_until_the_item_arrives(job):
     assert records[0]["topic"] == settings.kafka.topics.events and records[0]["offset"] >= 0
 
 
+def test_a_brand_new_item_reaches_the_list_of_a_user_it_matches(job):
+    """An item nobody has touched has no co-occurrence or popularity: only its text can
+    place it. Once embedded it is in the top-k of the user whose interests it matches."""
+    settings, proc, producer, rankings, _ = job
+    liked = ["ani0", "ani1", "ani2", "ani3"]
+    send(producer, settings, [event(f"n-{i}", "toddler", it) for i, it in enumerate(liked)])
+    rec = wait_for(lambda: rankings.by_event.get("n-3") and rankings.ranking("toddler"), proc,
+                   what="ranking before the new item")
+    assert "ani-new" not in [it["item_id"] for it in rec["items"]]
+    produce(producer, settings.kafka.topics.items,
+            [{"item_id": "ani-new", "title": "The Talking Animals Cartoon Toy Princess",
+              "categories": ["Animation"],
+              "description": "Tags: animation, talking animals, cartoon, toy, princess.",
+              "ts": int(time.time() * 1000)}], "item_id", progress=False)
+    # The user's next events are ranked with the item once it is embedded and broadcast.
+    found = None
+    for i, item in enumerate(f"ani{j}" for j in range(4, 12)):
+        send(producer, settings, [event(f"n-new-{i}", "toddler", item, "view")])
+        rec = wait_for(lambda: rankings.by_event.get(f"n-new-{i}") and rankings.ranking("toddler"),
+                       proc, what=f"ranking n-new-{i}")
+        found = next((it for it in rec["items"] if it["item_id"] == "ani-new"), None)
+        if found:
+            break
+        time.sleep(1.0)
+    assert found is not None, f"the new item never reached the list: {rec['items']}"
+    assert found["reason"].startswith("similar to ")
+
+
 def test_deleted_item_leaves_rankings(job):
     settings, proc, producer, rankings, _ = job
     send(producer, settings, [event("d-1", "deleter", "rom0", "like")])
