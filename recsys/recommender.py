@@ -67,12 +67,9 @@ def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     def sel(values: np.ndarray) -> np.ndarray:
         return values if rows is None else values[rows]
 
-    if not p.content_signal:
-        pass
-    elif content is not None:
-        feats[:, F_CONTENT] = sel(content)
-    elif has_content(state, cat):
-        feats[:, F_CONTENT] = interests.content_scores(state.centroids, sel(cat.live_matrix()))
+    if has_content(state, cat, p):
+        feats[:, F_CONTENT] = (sel(content) if content is not None else
+                               interests.content_scores(state.centroids, sel(cat.live_matrix())))
     co = cooc_scores(state, cat, p) if cooc is None else cooc
     top = float(co.max())
     if top > 0:
@@ -82,9 +79,11 @@ def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     return feats
 
 
-def has_content(state: UserState, cat: CatalogIndex) -> bool:
-    """Whether the user has interest centroids in the catalog's vector space."""
-    return state.has_interest and state.dim == cat.dim
+def has_content(state: UserState, cat: CatalogIndex, p: ModelParams) -> bool:
+    """Whether the content signal scores this user: it is on (``ranking.content_signal``;
+    off is the eval's ablation) and the user has interest centroids in the catalog's
+    vector space. The one gate of every content computation."""
+    return p.content_signal and state.has_interest and state.dim == cat.dim
 
 
 def candidate_rows(state: UserState, cat: CatalogIndex, p: ModelParams,
@@ -93,7 +92,7 @@ def candidate_rows(state: UserState, cat: CatalogIndex, p: ModelParams,
     every co-occurring item, the ANN neighbours of each interest centroid, and the most
     popular and trending items. Sorted, unique."""
     parts = [np.flatnonzero(cooc), cat.popular_rows(p.popular_candidates)]  # cooc >= 0
-    if has_content(state, cat):
+    if has_content(state, cat, p):
         parts.append(cat.ann_rows(state.centroids, p.ann_candidates, p.ann_nprobe))
     return np.unique(np.concatenate(parts))
 
@@ -146,8 +145,8 @@ def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: Mod
     [users, n] array (see :mod:`recsys.scoring`)."""
     states = [st for st, _ in part]
     n = cat.size
-    content = (scoring.content_matrix(states, cat, precision) if p.content_signal
-               else np.zeros((len(states), n), np.float32))
+    content = scoring.content_matrix([st if has_content(st, cat, p) else None for st in states],
+                                     cat, precision)
     pieces = [scoring.cooc_pieces(st, cat, p) for st in states]
     co = scoring.cooc_matrix(pieces, cat)
     tops = co.max(axis=1)
@@ -257,7 +256,7 @@ def item_features(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: 
     lookups of that item alone."""
     r = cat.row[item_id]
     out = np.zeros(4)
-    if p.content_signal and has_content(state, cat):
+    if has_content(state, cat, p):
         out[F_CONTENT] = float((state.centroids @ cat.matrix[r]).max())
     raw, counts = 0.0, cat.counts()
     for age, x in enumerate(reversed(state.history)):
@@ -290,9 +289,10 @@ def apply_event(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: st
 def observe(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: str, weight: float,
             ts: int, cooc: Optional[np.ndarray] = None) -> bool:
     """The ranker's step for one interaction: apply it (learn, move the interests) and mark
-    the item seen (and recent, for positive feedback only). False, with the state untouched, when the item is not in the catalog yet:
-    the caller holds the event and observes it again once the item is known. ``cooc``: the
-    state's co-occurrence scores, when the caller has them."""
+    the item seen (and recent, unless negative: ``ModelParams.enters_history``). False, with
+    the state untouched, when the item is not in the catalog yet: the caller holds the event
+    and observes it again once the item is known. ``cooc``: the state's co-occurrence
+    scores, when the caller has them."""
     if not apply_event(state, cat, p, item_id, weight, ts, cooc=cooc):
         return False
     state.mark_seen(item_id, p.max_seen, p.history_size, consumed=p.enters_history(weight))

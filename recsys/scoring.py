@@ -119,11 +119,12 @@ def cooc_feature(co: np.ndarray) -> np.ndarray:
 
 def content_matrix(states: Sequence, cat, precision: str) -> np.ndarray:
     """[users, n] content scores: each user's best cosine over their centroids (0 for a user
-    without interests), from one matrix product for all users (each user's centroids padded
-    to the most any user has with copies of their first, which leaves the max unchanged)."""
+    given as None: no content, ``recommender.has_content``), from one matrix product for all
+    users (each user's centroids padded to the most any user has with copies of their first,
+    which leaves the max unchanged)."""
     n = cat.size
     out = np.zeros((len(states), n), np.float32)
-    owners = [i for i, st in enumerate(states) if st.has_interest and st.dim == cat.dim]
+    owners = [i for i, st in enumerate(states) if st is not None]
     if not owners:
         return out
     most = max(states[i].centroids.shape[0] for i in owners)

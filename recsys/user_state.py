@@ -14,7 +14,8 @@ of 64-bit item keys (:func:`item_key`; at most ``ranking.max_seen``, the oldest 
 first): 8 bytes an item, copied in and out of state as one array, so neither its size per
 item nor the time to read, write or test it grows with the length of the ids (version 3
 kept the ids as text: ~100 us to split and join 5,000 of them at every event). ``history`` the
-most recent of them the user consumed (co-occurrence context; negative feedback never), ``shown`` the last top-k (negatives for learning),
+most recent of them the user consumed (co-occurrence context; negative feedback never),
+``shown`` the last top-k (negatives for learning),
 ``shown_features`` the shown items' features when they were ranked and ``cooc_top`` the
 user's best co-occurrence score then (what learning compares the next engaged item with,
 without scoring the catalog again), ``pending`` events whose item was not in the catalog yet, ``due`` the events applied since the

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.synthetic import write_movielens  # noqa: E402  (the MovieLens CSV layout)
+from streamrank.replay import write_movielens  # noqa: E402
 
 GENRES = {
     "Horror": "haunted ghost demon zombie vampire curse crypt witch asylum nightmare",

@@ -87,14 +87,14 @@ class Prequential:
         weight = p.weight(ev["type"], ev.get("value"))
         target = cat.row.get(item)
         positive = (ev.get("value") or 0) >= 4 if ev["type"] == "rating" else weight > 0
-        scored = positive and target is not None
-        cooc, lists = None, {}
+        st, cooc, lists = None, None, {}
         if target is not None and (positive or weight > 0):
-            cooc = recommender.cooc_scores(self._state(user), cat, p)
+            st = self.variants["streamrank"].state_of(user)
+            cooc = recommender.cooc_scores(st, cat, p)
             lists = {m: self._shown(users, user, ts, positive)
                      for m, users in self.variants.items() if m in self.methods}
-        if scored:
-            self._score(user, self._state(user), target, lists, cooc)
+        if positive and target is not None:
+            self._score(user, st, target, lists, cooc)
         if target is not None:
             vec = self.single.get(user)
             base = vec if vec is not None else np.zeros(cat.dim, np.float32)
@@ -113,9 +113,6 @@ class Prequential:
         self.last_ts[user] = ts
         self.item_events[item] += 1
         self.user_events[user] += 1
-
-    def _state(self, user: str):
-        return self.variants["streamrank"].state_of(user)
 
     def _shown(self, users: LocalUsers, user: str, ts: int, positive: bool) -> list[int]:
         """What the user was shown before this event (the evaluated list, and the learner's

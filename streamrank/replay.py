@@ -2,7 +2,8 @@
 
 Item text = title + genres + the users' tags; events = ratings in timestamp order
 (``type: rating`` with the rating as ``value``; the ranker maps >= 4 to positive and <= 2 to
-negative weights).
+negative weights). :func:`write_movielens` writes that layout (the synthetic datasets of the
+tests and of ``scripts/synth_dataset.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ def _open_csv(path: Path):
         raise DatasetError(f"{path} not found (expected the MovieLens CSV layout: movies.csv, "
                            "ratings.csv, optional tags.csv)")
     return open(path, newline="", encoding="utf-8")
+
+
+def write_movielens(root: Path, movies, ratings, tags=()) -> None:
+    """Write rows in the MovieLens CSV layout (movies.csv, ratings.csv, tags.csv)."""
+    for name, header, rows in (("movies.csv", ["movieId", "title", "genres"], movies),
+                               ("ratings.csv", ["userId", "movieId", "rating", "timestamp"],
+                                ratings),
+                               ("tags.csv", ["userId", "movieId", "tag", "timestamp"], tags)):
+        with open(root / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
 
 
 def read_items(data_dir: str | Path, now_ms: Optional[int] = None) -> list[dict]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import random
 from pathlib import Path
+
+from streamrank.replay import write_movielens
 
 GENRE_WORDS = {
     "Horror": ["haunted", "ghost", "demon", "zombie", "vampire", "curse", "crypt", "witch"],
@@ -44,15 +45,3 @@ def write_dataset(root: Path, users_per_genre: int = 8, ratings_per_user: int = 
         r.append(1_000_000_000 + 60 * i)
     write_movielens(root, movies, ratings)
     return root
-
-
-def write_movielens(root: Path, movies, ratings, tags=()) -> None:
-    """Write rows in the MovieLens CSV layout (movies.csv, ratings.csv, tags.csv)."""
-    for name, header, rows in (("movies.csv", ["movieId", "title", "genres"], movies),
-                               ("ratings.csv", ["userId", "movieId", "rating", "timestamp"],
-                                ratings),
-                               ("tags.csv", ["userId", "movieId", "tag", "timestamp"], tags)):
-        with open(root / name, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)

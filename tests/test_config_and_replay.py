@@ -1,8 +1,7 @@
 import pytest
 
 from contracts.config import ConfigError, load_settings, parse_set_args
-from streamrank.replay import read_events, read_items
-from tests.synthetic import write_movielens
+from streamrank.replay import read_events, read_items, write_movielens
 
 pytestmark = pytest.mark.unit
 
