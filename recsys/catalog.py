@@ -334,6 +334,13 @@ class CatalogIndex:
                                                else 0.0))
         return self._rel_counts[1]
 
+    def relative_log_count(self, r: int) -> float:
+        """Row ``r``'s value of :meth:`relative_log_counts`, without computing the others."""
+        if self._rel_counts[0] == (self._stats_version, self._n):
+            return float(self._rel_counts[1][r])
+        counts = self.counts()
+        return float(rel_log(counts[r:r + 1], float(counts.max()))[0])
+
     def popularity(self) -> np.ndarray:
         return self.log_pop[: self._n]
 

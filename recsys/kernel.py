@@ -90,7 +90,10 @@ def centroid_scores(queries: np.ndarray, cat, precision: str) -> np.ndarray:
     when its vectors change."""
     mat = cat.live_matrix()
     if precision != "bf16":
-        return queries.astype(np.float32, copy=False) @ mat.T
+        # As catalog @ queries.T, read back transposed: OpenBLAS then streams the catalog in
+        # its stored order, 1.0 ms against 1.4 ms for one user's 4 centroids on 9,742 x 384
+        # (1.1 against 1.6 for 8 rows; the same from 64 rows), measured on one core.
+        return (mat @ queries.astype(np.float32, copy=False).T).T
     import torch
 
     cached: Optional[tuple] = getattr(cat, "_bf16", None)

@@ -266,8 +266,8 @@ def item_features(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: 
     raw /= math.sqrt(max(counts[r], 1.0))
     if raw > 0 and cooc_top > 0:
         out[F_COOC] = scoring.relative_cooc(min(raw, cooc_top), cooc_top)
-    out[F_POP] = cat.relative_log_counts()[r]
-    out[F_TREND] = scoring.trend_vector(cat, now_ts, p.popularity_half_life_ms)[r]
+    out[F_POP] = cat.relative_log_count(r)
+    out[F_TREND] = scoring.trend_of_row(cat, r, now_ts, p.popularity_half_life_ms)
     return out
 
 

@@ -57,6 +57,21 @@ def trend_vector(cat, now_ts: int, half_life_ms: float) -> np.ndarray:
     return vec
 
 
+def trend_of_row(cat, r: int, now_ts: int, half_life_ms: float) -> float:
+    """Row ``r``'s value of :func:`trend_vector` (the same arithmetic on that one row), without
+    the pass over the catalog that a change of the statistics would otherwise cost: the
+    per-event step reads one item's features, and statistics change between most events."""
+    stamp = (cat.stats_version, cat.size, trend_clock(now_ts, half_life_ms), half_life_ms)
+    cached = getattr(cat, "_trend", None)
+    if cached is not None and cached[0] == stamp:
+        return float(cached[1][r])
+    lp = cat.popularity()
+    top = float(lp.max()) if lp.size else -math.inf
+    if not math.isfinite(top):
+        return 0.0
+    return float(ranking.trending_feature(lp[r:r + 1], top, stamp[2], half_life_ms)[0])
+
+
 def history_norm(cat, x: str, counts: np.ndarray) -> float:
     """``n_x``, what a recent item x's co-occurrence counts are divided by (with its square
     root): its interaction count, or while it has none, its largest pair count (at least 1)."""

@@ -98,3 +98,13 @@ def test_learning_uses_the_features_the_list_was_ranked_with():
             np.testing.assert_allclose(
                 recommender.item_features(st, cat, p, cat.ids[r], ts, ranked.cooc_top),
                 full[r], rtol=1e-5, atol=1e-6)
+    # Statistics changed since the catalog-wide vectors were cached: one item's features are
+    # computed from that row alone (no pass over the catalog), and still equal the full row.
+    st, ts = requests[8]
+    cat.set_popularity(cat.ids[3], float(cat.popularity().max()) + 2.0, 40.0)
+    cooc_top = recommender.rank(st, cat, p, ts).cooc_top
+    cat.set_popularity(cat.ids[5], 1.0, 3.0)
+    alone = [recommender.item_features(st, cat, p, cat.ids[r], ts, cooc_top) for r in (3, 5, 9)]
+    full = recommender.features(st, cat, p, ts)
+    for r, got in zip((3, 5, 9), alone):
+        np.testing.assert_allclose(got, full[r], rtol=1e-5, atol=1e-6)
