@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from operators.codecs import STATS, pack_catalog_entry, unpack_catalog_entry
+from operators.codecs import STATS, pack_catalog_entry, unpack_catalog_entry, unpack_stats_batch
 from operators.types import (CATALOG_STATE, MODELS_STATE, NEIGHBOURS_STATE, POPULARITY_STATE,
                              STAGING_STATE)
 from recsys.catalog import CatalogIndex
@@ -32,6 +32,7 @@ class CatalogMirror:
         self.staging_model: str | None = None
         self.missing: set[str] = set()  # active items the staging catalog still lacks
         self.restored = False
+        self._states: dict = {}  # descriptor name -> its broadcast state (see _state)
 
     @property
     def model(self) -> str:
@@ -69,25 +70,59 @@ class CatalogMirror:
             log.info("rank-users restored a catalog of %d items (model %s) from state", n,
                      self.active_model)
 
+    def _state(self, ctx, descriptor):
+        """The writable broadcast state of ``descriptor``. The backend keeps one object per
+        state for the operator's life; PyFlink's ``get_broadcast_state`` converts the
+        descriptor to Java at every call (~85 us in thread mode, measured), so it is asked
+        once per state. Only from ``process_broadcast_element`` (the writable context)."""
+        state = self._states.get(descriptor.name)
+        if state is None:
+            state = self._states[descriptor.name] = ctx.get_broadcast_state(descriptor)
+        return state
+
     def apply(self, update, ctx) -> None:
-        """One broadcast update: ``item``, ``delete``, ``pop`` or ``nbrs``."""
+        """One broadcast update: ``item``, ``delete``, ``stats`` (a batch of item statistics
+        from the item branch), or ``pop`` / ``nbrs`` (one item's, as earlier versions sent)."""
         kind, item_id = update["kind"], update["item_id"]
         if kind == "item":
             self._item(update, ctx)
         elif kind == "delete":
             self._delete(item_id, ctx)
+        elif kind == "stats":
+            self._stats(unpack_stats_batch(update["neighbours"]), ctx)
         elif not self._in_catalog(item_id):
             pass  # the item branch broadcasts catalog items only; never keep anything else
         elif kind == "pop":
             for cat in self.catalogs():
                 cat.set_popularity(item_id, update["log_pop"], update["count"])
-            ctx.get_broadcast_state(POPULARITY_STATE).put(
+            self._state(ctx, POPULARITY_STATE).put(
                 item_id, STATS.pack(update["log_pop"], update["count"]))
         elif kind == "nbrs":
             for cat in self.catalogs():  # each catalog its own dict: they are kept
                 cat.set_cooccurrence(item_id, unpack_counts(update["neighbours"]),
                                      max_neighbours=self.max_neighbours)
-            ctx.get_broadcast_state(NEIGHBOURS_STATE).put(item_id, bytes(update["neighbours"]))
+            self._state(ctx, NEIGHBOURS_STATE).put(item_id, bytes(update["neighbours"]))
+
+    def _stats(self, entries: list, ctx) -> None:
+        """A batch of ``(item_id, log_pop, count, counts or None)``: into every catalog, and
+        into broadcast state with one call per state."""
+        pops, halves = {}, {}
+        for item_id, log_pop, count, counts in entries:
+            if not self._in_catalog(item_id):
+                continue  # catalog items only (the item branch sends no others)
+            earlier = unpack_counts(counts) if counts is not None else None
+            for cat in self.catalogs():
+                cat.set_popularity(item_id, log_pop, count)
+                if earlier is not None:  # each catalog its own dict: they are kept
+                    cat.set_cooccurrence(item_id, dict(earlier) if cat is not self.catalog
+                                         else earlier, max_neighbours=self.max_neighbours)
+            pops[item_id] = STATS.pack(log_pop, count)
+            if counts is not None:
+                halves[item_id] = bytes(counts)
+        if pops:
+            self._state(ctx, POPULARITY_STATE).put_all(pops)
+        if halves:
+            self._state(ctx, NEIGHBOURS_STATE).put_all(halves)
 
     def _item(self, update, ctx) -> None:
         item_id, model = update["item_id"], update["model"] or self.model_id
@@ -95,17 +130,17 @@ class CatalogMirror:
         packed = pack_catalog_entry(update["title"], update["vector"])
         if self.active_model is None:
             self.active_model = model
-            ctx.get_broadcast_state(MODELS_STATE).put("active", model)
+            self._state(ctx, MODELS_STATE).put("active", model)
         if model == self.active_model:
             self.catalog.upsert(item_id, update["title"], vec)
-            ctx.get_broadcast_state(CATALOG_STATE).put(item_id, packed)
+            self._state(ctx, CATALOG_STATE).put(item_id, packed)
             return
         if model != self.staging_model:
             self._start_staging(model)
-            ctx.get_broadcast_state(STAGING_STATE).clear()
-            ctx.get_broadcast_state(MODELS_STATE).put("staging", model)
+            self._state(ctx, STAGING_STATE).clear()
+            self._state(ctx, MODELS_STATE).put("staging", model)
         self.staging.upsert(item_id, update["title"], vec)
-        ctx.get_broadcast_state(STAGING_STATE).put(item_id, packed)
+        self._state(ctx, STAGING_STATE).put(item_id, packed)
         self.missing.discard(item_id)
         if not self.missing:
             self._switch_model(ctx)
@@ -114,9 +149,9 @@ class CatalogMirror:
         for cat in self.catalogs():
             cat.delete(item_id)
         for descriptor in (CATALOG_STATE, POPULARITY_STATE, NEIGHBOURS_STATE):
-            ctx.get_broadcast_state(descriptor).remove(item_id)
+            self._state(ctx, descriptor).remove(item_id)
         if self.staging is not None:
-            ctx.get_broadcast_state(STAGING_STATE).remove(item_id)
+            self._state(ctx, STAGING_STATE).remove(item_id)
             self.missing.discard(item_id)
             if not self.missing and len(self.staging):
                 self._switch_model(ctx)
@@ -143,11 +178,11 @@ class CatalogMirror:
                  "%s", self.staging_model, len(self.staging), self.active_model)
         self.catalog, self.active_model = self.staging, self.staging_model
         self.staging, self.staging_model, self.missing = None, None, set()
-        active, staging = ctx.get_broadcast_state(CATALOG_STATE), \
-            ctx.get_broadcast_state(STAGING_STATE)
+        active, staging = self._state(ctx, CATALOG_STATE), \
+            self._state(ctx, STAGING_STATE)
         active.clear()
         active.put_all({k: v for k, v in staging.items()})
         staging.clear()
-        models = ctx.get_broadcast_state(MODELS_STATE)
+        models = self._state(ctx, MODELS_STATE)
         models.put("active", self.active_model)
         models.remove("staging")

@@ -32,3 +32,39 @@ def pack_interaction(event_type: str, weight: float, ts: int, context: list[str]
 def unpack_interaction(data: bytes) -> tuple[str, float, int, list[str]]:
     parts = bytes(data).decode("utf-8").split("\n")
     return parts[0], float(parts[1]), int(parts[2]), parts[3:]
+
+
+_BATCH_HEAD = struct.Struct("<I")
+_BATCH_ENTRY = struct.Struct("<HddI")  # id length, log_pop, count, counts length (+1; 0: none)
+
+
+def pack_stats_batch(entries) -> bytes:
+    """Many items' statistics in one broadcast element (kind "stats"): ``(item_id, log_pop,
+    count, counts)`` each, ``counts`` the item's co-occurrence half as ``pack_counts`` bytes,
+    or None when they are not sent this time."""
+    parts = [_BATCH_HEAD.pack(len(entries))]
+    for item_id, log_pop, count, counts in entries:
+        key = item_id.encode("utf-8")
+        parts.append(_BATCH_ENTRY.pack(len(key), log_pop, count,
+                                       0 if counts is None else len(counts) + 1))
+        parts.append(key)
+        if counts is not None:
+            parts.append(bytes(counts))
+    return b"".join(parts)
+
+
+def unpack_stats_batch(data: bytes) -> list[tuple[str, float, float, bytes | None]]:
+    data = bytes(data)
+    (n,) = _BATCH_HEAD.unpack_from(data, 0)
+    at, out = _BATCH_HEAD.size, []
+    for _ in range(n):
+        id_len, log_pop, count, counts_len = _BATCH_ENTRY.unpack_from(data, at)
+        at += _BATCH_ENTRY.size
+        item_id = data[at:at + id_len].decode("utf-8")
+        at += id_len
+        counts = None
+        if counts_len:
+            counts = data[at:at + counts_len - 1]
+            at += counts_len - 1
+        out.append((item_id, log_pop, count, counts))
+    return out

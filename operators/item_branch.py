@@ -7,39 +7,56 @@ broadcast to the rankers; an id that is not in the catalog is counted until
 ``ranking.unknown_item_ttl_ms`` after its first interaction (its held events may still be
 applied when it arrives) and then dropped, so random ids cannot grow the state.
 
-Broadcasts are throttled per item: statistics at most every
-``ranking.popularity_emit_interval_ms``, co-occurrence counts at most every
-``ranking.neighbours_emit_interval_ms`` (each broadcast element costs a call on every ranker).
+Broadcasts are batched: an interaction updates the item's state and puts the item in an
+in-memory outbox, and the outbox reaches the rankers as one "stats" element
+(``codecs.pack_stats_batch``) at each ``ranking.popularity_emit_interval_ms`` boundary
+(aligned for all items), so a ranker pays one call per interval instead of one per item. An
+item's co-occurrence counts ride along at most once per ``ranking.neighbours_emit_interval_ms``
+(they cost the rankers the most); until then the item waits in the outbox.
+
+The outbox is memory, but every item in it has a processing-time timer (timers are
+checkpointed) at the boundary where it is due: the first timer of a boundary sends the
+outbox, the others find their item sent. After a restore, a timer whose item is in no outbox
+(its update was in memory when the job failed) reads the item's state and sends it, so no
+update is lost.
 """
 
 from __future__ import annotations
 
-import zlib
+from dataclasses import dataclass
 from typing import Iterable
 
 from pyflink.common import Row
 from pyflink.datastream.functions import KeyedCoProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from operators.codecs import unpack_interaction
+from operators.codecs import pack_stats_batch, unpack_interaction
 from operators.flink_metrics import OperatorMetrics
 from operators.common import LoggedOpen, now_ms
-from recsys.item_stats import (COOC_DIRTY, KNOWN, STATS_DIRTY, ItemRecord, pack_counts,
-                                  record_interaction)
+from recsys.item_stats import KNOWN, ItemRecord, pack_counts, record_interaction
 from recsys.params import ModelParams
 from operators.types import STATE_BYTES
 from contracts.config import RankingSettings
 
 
-def _boundary(key: str, now: int, interval_ms: int) -> int:
-    """The key's next emission time: interval boundaries offset by a hash of the key, so the
-    timers of thousands of items do not all fire in the same millisecond."""
-    phase = zlib.crc32(key.encode("utf-8")) % interval_ms
-    return ((now - phase) // interval_ms + 1) * interval_ms + phase
+def _next_boundary(now: int, interval_ms: int) -> int:
+    """The first multiple of ``interval_ms`` after ``now``: the same for every item, so one
+    batch covers all the items of an interval."""
+    return (now // interval_ms + 1) * interval_ms
+
+
+@dataclass
+class _Outgoing:
+    """An item waiting in the outbox: its record, whether its statistics are to be sent, and
+    from when its counts may be (0: they have not changed since last sent)."""
+
+    rec: ItemRecord
+    stats: bool
+    counts_due: int
 
 
 class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
-    """Interactions and catalog records keyed by item -> "pop" and "nbrs" catalog updates."""
+    """Interactions and catalog records keyed by item -> "stats" catalog updates."""
 
     def __init__(self, ranking_cfg: RankingSettings):
         self.cfg = ranking_cfg
@@ -48,12 +65,19 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         self._log_open(ctx, "item-branch")
         self.p = ModelParams.from_settings(self.cfg)
         self.state = ctx.get_state(ValueStateDescriptor("item", STATE_BYTES))
-        # (key -> next armed timer): a cache that spares most records a timer call. Lost on
-        # restore, where a repeated registration is harmless (one timer per key and time).
+        self._outbox: dict[str, _Outgoing] = {}
+        self._counts_sent: dict[str, int] = {}  # item -> when its counts last went out
+        self._sent: tuple[int, set] = (-1, set())  # (boundary, the items its batch carried)
+        self._carriers: set[tuple[int, str]] = set()  # (time, key): timers armed to flush
+        # (key -> the timer last armed): spares most records a timer call. Lost on restore,
+        # where a repeated registration is harmless (one timer per key and time).
         self._armed: dict[str, int] = {}
+        self._armed_counts: dict[str, int] = {}
         m = OperatorMetrics(ctx)
         self.dropped = m.counter("unknown_items_dropped")
         self.malformed = m.counter("interactions_malformed")
+        self.batches = m.counter("stats_batches")
+        self.batched_items = m.counter("stats_items")
 
     # -- interactions ------------------------------------------------------------------------
 
@@ -71,11 +95,10 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         if updated is None:
             return
         rec.log_pop, rec.count, changed = updated
-        rec.flags |= STATS_DIRTY | (COOC_DIRTY if changed else 0)
         key = ctx.get_current_key()
         now = now_ms()
         if rec.known:
-            yield from self._emit_or_arm(ctx, key, rec, now)
+            yield from self._queue(ctx, key, rec, bool(changed), now)
         elif rec.due_ms == 0:  # an id not in the catalog (yet): dropped unless it arrives
             rec.due_ms = now + self.cfg.unknown_item_ttl_ms
             ctx.timer_service().register_processing_time_timer(rec.due_ms)
@@ -86,63 +109,102 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
     def process_element2(self, item, ctx) -> Iterable:
         """A catalog record: the id becomes known (its statistics are broadcast at once), or
         is deleted (its record is dropped: the rankers free its row)."""
+        key = ctx.get_current_key()
         if item["deleted"]:
             self.state.clear()
+            self._outbox.pop(key, None)
             return
         rec = ItemRecord.from_bytes(self.state.value())
         if rec.known:
             return
         rec.flags |= KNOWN
         rec.due_ms = 0
-        yield from self._emit(ctx.get_current_key(), rec, stats=rec.count > 0,
-                              cooc=bool(rec.earlier))
+        self._outbox.pop(key, None)
+        if rec.count > 0:
+            yield self._batch([self._entry(key, rec, counts=bool(rec.earlier), now=now_ms())])
         self.state.update(rec.to_bytes())
 
-    # -- timers: throttled broadcasts and expiry ---------------------------------------------
+    # -- the outbox ----------------------------------------------------------------------------
+
+    def _queue(self, ctx, key: str, rec: ItemRecord, counts_changed: bool,
+               now: int) -> Iterable:
+        """Put the item's new record in the outbox, with a timer at the boundary where it is
+        due (two when its counts must wait longer than its statistics)."""
+        pop_ms = self.cfg.popularity_emit_interval_ms
+        if pop_ms <= 0:  # every event at once
+            self._outbox.pop(key, None)
+            yield self._batch([self._entry(key, rec, counts_changed, now)])
+            return
+        out = self._outbox.get(key)
+        due = out.counts_due if out is not None else 0
+        if counts_changed and not due:
+            due = max(now, self._counts_sent.get(key, 0) + self.cfg.neighbours_emit_interval_ms)
+        self._outbox[key] = _Outgoing(rec, True, due)
+        at = _next_boundary(now, pop_ms)
+        self._arm(ctx, self._armed, key, at)
+        if due > at:
+            self._arm(ctx, self._armed_counts, key, _next_boundary(due - 1, pop_ms))
+
+    def _arm(self, ctx, armed: dict, key: str, at: int) -> None:
+        if armed.get(key) != at:
+            if len(armed) >= 1_000_000:
+                armed.clear()
+            armed[key] = at
+            ctx.timer_service().register_processing_time_timer(at)
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
+        """A boundary (send the outbox, once), or an unknown id's expiry; an item this
+        boundary's batch did not carry and that is not waiting is read from state (after a
+        restore) and sent."""
+        key = ctx.get_current_key()
+        pop_ms = self.cfg.popularity_emit_interval_ms
+        if pop_ms > 0 and timestamp % pop_ms == 0 and self._sent[0] != timestamp:
+            yield from self._flush(timestamp)
+            if self._outbox:  # counts still waiting: this key's timer sends them later
+                at = _next_boundary(timestamp, pop_ms)
+                self._carriers.add((at, key))
+                self._arm(ctx, self._armed, key, at)
+        carrier = (timestamp, key) in self._carriers  # a timer armed only to send the outbox
+        if carrier:
+            self._carriers.discard((timestamp, key))
+        if carrier or key in self._sent[1] or key in self._outbox:
+            return
         raw = self.state.value()
         if raw is None:
             return
-        key = ctx.get_current_key()
-        self._armed.pop(key, None)
         rec = ItemRecord.from_bytes(raw)
         if not rec.known:
             if rec.due_ms and timestamp >= rec.due_ms:
                 self.state.clear()
                 self.dropped.inc()
             return
-        yield from self._emit_or_arm(ctx, key, rec, timestamp, from_timer=True)
-        self.state.update(rec.to_bytes())
+        if rec.count > 0:
+            yield self._batch([self._entry(key, rec, counts=bool(rec.earlier), now=timestamp)])
 
-    def _emit_or_arm(self, ctx, key: str, rec: ItemRecord, now: int,
-                     from_timer: bool = False) -> Iterable:
-        """Broadcast what is dirty and due; arm a timer for what must wait. Statistics go out
-        at the key's next ``popularity_emit_interval_ms`` boundary, counts at the
-        ``neighbours_emit_interval_ms`` boundary after they changed (``rec.due_ms``)."""
-        pop_ms, nbrs_ms = self.cfg.popularity_emit_interval_ms, self.cfg.neighbours_emit_interval_ms
-        if rec.flags & STATS_DIRTY and (pop_ms <= 0 or from_timer):
-            yield from self._emit(key, rec, stats=True, cooc=False)
-        if rec.flags & COOC_DIRTY:
-            if nbrs_ms <= 0 or (rec.due_ms and now >= rec.due_ms):
-                rec.due_ms = 0
-                yield from self._emit(key, rec, stats=False, cooc=True)
-            elif not rec.due_ms:
-                rec.due_ms = _boundary(key, now, nbrs_ms)
-        timers = ([_boundary(key, now, pop_ms)] if rec.flags & STATS_DIRTY else []) + \
-            ([rec.due_ms] if rec.flags & COOC_DIRTY else [])
-        if timers:
-            at = min(timers)
-            if not now < self._armed.get(key, 0) <= at:
-                if len(self._armed) >= 1_000_000:
-                    self._armed.clear()
-                self._armed[key] = at
-                ctx.timer_service().register_processing_time_timer(at)
+    def _flush(self, now: int) -> Iterable:
+        """One batch of every item in the outbox whose statistics or counts are due."""
+        entries, sent = [], set()
+        for key, out in list(self._outbox.items()):
+            counts = bool(out.counts_due) and out.counts_due <= now
+            if out.stats or counts:
+                entries.append(self._entry(key, out.rec, counts, now))
+                sent.add(key)
+            if counts or not out.counts_due:
+                del self._outbox[key]
+            else:
+                out.stats = False
+        self._sent = (now, sent)
+        if entries:
+            yield self._batch(entries)
 
-    def _emit(self, key: str, rec: ItemRecord, stats: bool, cooc: bool) -> Iterable:
-        if stats:
-            rec.flags &= ~STATS_DIRTY
-            yield Row("pop", key, "", None, rec.log_pop, rec.count, None, None)
-        if cooc:
-            rec.flags &= ~COOC_DIRTY
-            yield Row("nbrs", key, "", None, None, None, pack_counts(rec.earlier), None)
+    def _entry(self, key: str, rec: ItemRecord, counts: bool, now: int) -> tuple:
+        if counts:
+            if len(self._counts_sent) >= 1_000_000:
+                self._counts_sent.clear()
+            self._counts_sent[key] = now
+        return key, rec.log_pop, rec.count, pack_counts(rec.earlier) if counts else None
+
+    def _batch(self, entries: list) -> Row:
+        self.batches.inc()
+        self.batched_items.inc(len(entries))
+        return Row("stats", "", "", None, None, None, pack_stats_batch(entries), None)

@@ -20,9 +20,12 @@ ITEM_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.BOOLEAN(), Types.LONG(),
      Types.INT(), Types.LONG()],
 )
-# What reaches the ranker by broadcast: an embedded item ("item"), a deletion ("delete"), an
-# item's statistics ("pop": trending log-popularity and interaction count) or its half of the
-# co-occurrence counts ("nbrs": ``pack_counts`` bytes, see CatalogIndex.set_cooccurrence).
+# What reaches the ranker by broadcast: an embedded item ("item"), a deletion ("delete"), or
+# a batch of items' statistics from the item branch ("stats": ``codecs.pack_stats_batch`` in
+# ``neighbours``: each item's trending log-popularity, interaction count and, at most once per
+# ``ranking.neighbours_emit_interval_ms``, its half of the co-occurrence counts, see
+# CatalogIndex.set_cooccurrence). "pop" and "nbrs" (one item's, from earlier versions) are
+# still understood.
 # ``model`` is the embedding model of an "item" vector. Kind "dead-letter" (an item that could
 # not be embedded; its DLQ record in ``vector``) never reaches the rankers: see
 # ``jobs/ranking_job.py``.

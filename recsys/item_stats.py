@@ -9,11 +9,10 @@ one write per event)::
 
     u8 flags | i64 due (ms) | f64 log_pop | f64 count | counts (``pack_counts``)
 
-``flags``: the item is in the catalog (``KNOWN``); the statistics or the counts changed since
-they were last broadcast (``STATS_DIRTY``, ``COOC_DIRTY``). An item not in the catalog is
+``flags``: the item is in the catalog (``KNOWN``; other bits, set by earlier versions, are
+ignored: what waits to be broadcast is the branch's in-memory outbox). An item not in the catalog is
 counted (its held events will count once it arrives) but never broadcast, and its record is
-dropped at ``due`` unless the item has arrived by then: junk ids cannot grow the state. For a
-catalog item ``due`` is when its changed counts are broadcast next (0: none pending).
+dropped at ``due`` unless the item has arrived by then: junk ids cannot grow the state.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from recsys.user_state import join_ids, split_ids
 if TYPE_CHECKING:
     from recsys.params import ModelParams
 
-KNOWN, STATS_DIRTY, COOC_DIRTY = 1, 2, 4
+KNOWN = 1
 _HEAD = struct.Struct("<Bqdd")
 _COUNT_N = struct.Struct("<I")
 

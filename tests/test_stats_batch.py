@@ -1,0 +1,206 @@
+"""The item branch's batched broadcast: its codec, and a batch applied to the rankers'
+catalog mirror (plain Python: a stand-in for PyFlink's broadcast state, no Flink)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from operators.catalog_mirror import CatalogMirror
+from operators.codecs import STATS, pack_stats_batch, unpack_stats_batch
+from operators.types import NEIGHBOURS_STATE, POPULARITY_STATE
+from recsys.item_stats import pack_counts, unpack_counts
+
+
+def test_a_batch_round_trips_with_and_without_counts():
+    entries = [("m1", 1.5, 3.0, pack_counts({"m2": 2.0, "é-3": 1.0})),
+               ("é-3", -2.25, 1.0, None),
+               ("x" * 256, 0.0, 7.0, pack_counts({}))]
+    got = unpack_stats_batch(pack_stats_batch(entries))
+    assert [(i, lp, c) for i, lp, c, _ in got] == [(i, lp, c) for i, lp, c, _ in entries]
+    assert unpack_counts(got[0][3]) == {"m2": 2.0, "é-3": 1.0}
+    assert got[1][3] is None and unpack_counts(got[2][3]) == {}
+    assert unpack_stats_batch(pack_stats_batch([])) == []
+
+
+class _State(dict):
+    def put(self, k, v):
+        self[k] = v
+
+    def put_all(self, d):
+        self.update(d)
+
+    def remove(self, k):
+        self.pop(k, None)
+
+
+class _Ctx:
+    def __init__(self):
+        self.states: dict[str, _State] = {}
+        self.calls = 0
+
+    def get_broadcast_state(self, descriptor):
+        self.calls += 1
+        return self.states.setdefault(descriptor.name, _State())
+
+
+def _mirror_with(ids):
+    mirror, ctx = CatalogMirror("m", max_neighbours=10), _Ctx()
+    for i, item_id in enumerate(ids):
+        vec = np.zeros(8, np.float32)
+        vec[i % 8] = 1.0
+        mirror.apply({"kind": "item", "item_id": item_id, "title": item_id,
+                      "vector": vec.tobytes(), "model": "m"}, ctx)
+    return mirror, ctx
+
+
+def test_a_batch_reaches_the_catalog_and_broadcast_state_in_one_call_per_state():
+    mirror, ctx = _mirror_with(["a", "b", "c"])
+    batch = pack_stats_batch([("a", 2.0, 4.0, pack_counts({"b": 3.0})),
+                              ("b", 1.0, 2.0, None),
+                              ("junk", 9.0, 9.0, pack_counts({"a": 1.0}))])
+    calls = ctx.calls
+    mirror.apply({"kind": "stats", "item_id": "", "neighbours": batch}, ctx)
+    cat = mirror.catalog
+    assert cat.counts()[cat.row["a"]] == 4.0 and cat.popularity()[cat.row["b"]] == 1.0
+    assert cat.neighbours["a"] == {"b": 3.0} and cat.neighbours["b"] == {"a": 3.0}
+    assert "junk" not in cat.row and "junk" not in ctx.states[POPULARITY_STATE.name]
+    assert STATS.unpack(ctx.states[POPULARITY_STATE.name]["a"]) == (2.0, 4.0)
+    assert set(ctx.states[NEIGHBOURS_STATE.name]) == {"a"}
+    assert ctx.calls - calls <= 2  # the state handles are asked for once, then kept
+    mirror.apply({"kind": "stats", "item_id": "",
+                  "neighbours": pack_stats_batch([("c", 0.5, 1.0, None)])}, ctx)
+    assert ctx.calls - calls <= 2
+
+
+# -- the item branch's outbox, timers and restore (a stand-in for PyFlink's keyed context) --
+
+class _Keyed:
+    """Keyed value state, processing-time timers and the current key, as one fake context."""
+
+    def __init__(self, store=None, timers=None):
+        self.store = {} if store is None else store
+        self.timers = set() if timers is None else timers  # (time, key): checkpointed
+        self.key = None
+
+    # RuntimeContext
+    def get_state(self, descriptor):
+        return self
+
+    def get_metrics_group(self):
+        raise RuntimeError("no metrics here")
+
+    # ValueState
+    def value(self):
+        return self.store.get(self.key)
+
+    def update(self, value):
+        self.store[self.key] = value
+
+    def clear(self):
+        self.store.pop(self.key, None)
+
+    # Context
+    def get_current_key(self):
+        return self.key
+
+    def timer_service(self):
+        return self
+
+    def register_processing_time_timer(self, at):
+        self.timers.add((at, self.key))
+
+
+def _branch(keyed, interval_ms=1000, nbrs_ms=5000):
+    from contracts.config import load_settings, parse_set_args
+    from operators.item_branch import ItemBranch
+
+    cfg = load_settings(None, parse_set_args([
+        f"ranking.popularity_emit_interval_ms={interval_ms}",
+        f"ranking.neighbours_emit_interval_ms={nbrs_ms}"])).ranking
+    branch = ItemBranch(cfg)
+    branch.open(keyed)
+    return branch
+
+
+def _known(branch, keyed, item_id):
+    keyed.key = item_id
+    return list(branch.process_element2({"deleted": False}, keyed))
+
+
+def _interaction(branch, keyed, item_id, context=(), ts=1_000):
+    from operators.codecs import pack_interaction
+
+    keyed.key = item_id
+    return list(branch.process_element1(
+        (item_id.encode(), pack_interaction("click", 1.0, ts, list(context))), keyed))
+
+
+def _fire(branch, keyed, until):
+    """Fire the timers due by ``until`` in time order, those they register included."""
+    out = []
+    while any(at <= until for at, _ in keyed.timers):
+        at, key = min(t for t in keyed.timers if t[0] <= until)
+        keyed.timers.discard((at, key))
+        keyed.key = key
+        out += list(branch.on_timer(at, keyed))
+    return [unpack_stats_batch(row[6]) for row in out]
+
+
+def test_one_batch_per_interval_carries_every_changed_item(monkeypatch):
+    import operators.item_branch as ib
+
+    keyed = _Keyed()
+    branch = _branch(keyed)
+    for item_id in ("a", "b", "c"):
+        assert _known(branch, keyed, item_id) == []  # no interactions yet: nothing to send
+    monkeypatch.setattr(ib, "now_ms", lambda: 10_100)
+    assert _interaction(branch, keyed, "a") == []
+    assert _interaction(branch, keyed, "b", context=["a"]) == []
+    assert _interaction(branch, keyed, "a", context=["b"]) == []
+    batches = _fire(branch, keyed, until=11_000)
+    assert len(batches) == 1  # three timers (a, b at 11,000), one batch
+    sent = {i: (lp, c, cnt) for i, lp, c, cnt in batches[0]}
+    assert set(sent) == {"a", "b"} and sent["a"][1] == 2.0 and sent["b"][1] == 1.0
+    assert unpack_counts(sent["a"][2]) == {"b": 1.0} and unpack_counts(sent["b"][2]) == {"a": 1.0}
+    # Counts changed again within neighbours_emit_interval_ms: the statistics go out at the
+    # next boundary, the counts wait until 5 s after they were last sent.
+    monkeypatch.setattr(ib, "now_ms", lambda: 11_500)
+    _interaction(branch, keyed, "a", context=["c"])
+    first = _fire(branch, keyed, until=12_000)
+    assert [(i, c, cnt) for i, _, c, cnt in first[0]] == [("a", 3.0, None)]
+    later = [b for b in _fire(branch, keyed, until=16_000) if b]
+    assert len(later) == 1 and later[0][0][0] == "a"
+    assert unpack_counts(later[0][0][3]) == {"b": 1.0, "c": 1.0}
+    assert not branch._outbox and not _fire(branch, keyed, until=60_000)
+
+
+def test_after_a_restore_the_timers_resend_what_the_lost_outbox_held(monkeypatch):
+    import operators.item_branch as ib
+
+    keyed = _Keyed()
+    branch = _branch(keyed)
+    for item_id in ("a", "b"):
+        _known(branch, keyed, item_id)
+    monkeypatch.setattr(ib, "now_ms", lambda: 20_200)
+    _interaction(branch, keyed, "a")
+    _interaction(branch, keyed, "b", context=["a"])
+    # The job fails here: state and timers come back from the checkpoint, the outbox does not.
+    restored = _Keyed(dict(keyed.store), set(keyed.timers))
+    branch = _branch(restored)
+    batches = _fire(branch, restored, until=21_000)
+    sent = {i: (c, cnt) for batch in batches for i, _, c, cnt in batch}
+    assert sent["a"][0] == 1.0 and sent["b"][0] == 1.0
+    assert unpack_counts(sent["b"][1]) == {"a": 1.0}
+
+
+def test_interval_zero_sends_every_interaction_at_once(monkeypatch):
+    import operators.item_branch as ib
+
+    keyed = _Keyed()
+    branch = _branch(keyed, interval_ms=0, nbrs_ms=0)
+    _known(branch, keyed, "a")
+    monkeypatch.setattr(ib, "now_ms", lambda: 5_000)
+    rows = _interaction(branch, keyed, "a", context=["z"])
+    [(item_id, _, count, counts)] = unpack_stats_batch(rows[0][6])
+    assert (item_id, count, unpack_counts(counts)) == ("a", 1.0, {"z": 1.0})
+    assert not keyed.timers
