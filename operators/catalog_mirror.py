@@ -81,27 +81,15 @@ class CatalogMirror:
         return state
 
     def apply(self, update, ctx) -> None:
-        """One broadcast update: ``item``, ``delete``, ``stats`` (a batch of item statistics
-        from the item branch), or ``pop`` / ``nbrs`` (one item's, as earlier versions sent)."""
-        kind, item_id = update["kind"], update["item_id"]
+        """One broadcast update: ``item``, ``delete`` or ``stats`` (a batch of item
+        statistics from the item branch)."""
+        kind = update["kind"]
         if kind == "item":
             self._item(update, ctx)
         elif kind == "delete":
-            self._delete(item_id, ctx)
+            self._delete(update["item_id"], ctx)
         elif kind == "stats":
             self._stats(unpack_stats_batch(update["neighbours"]), ctx)
-        elif not self._in_catalog(item_id):
-            pass  # the item branch broadcasts catalog items only; never keep anything else
-        elif kind == "pop":
-            for cat in self.catalogs():
-                cat.set_popularity(item_id, update["log_pop"], update["count"])
-            self._state(ctx, POPULARITY_STATE).put(
-                item_id, STATS.pack(update["log_pop"], update["count"]))
-        elif kind == "nbrs":
-            for cat in self.catalogs():  # each catalog its own dict: they are kept
-                cat.set_cooccurrence(item_id, unpack_counts(update["neighbours"]),
-                                     max_neighbours=self.max_neighbours)
-            self._state(ctx, NEIGHBOURS_STATE).put(item_id, bytes(update["neighbours"]))
 
     def _stats(self, entries: list, ctx) -> None:
         """A batch of ``(item_id, log_pop, count, counts or None)``: into every catalog, and

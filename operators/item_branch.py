@@ -131,8 +131,7 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         """Put the item's new record in the outbox, with a timer at the boundary where it is
         due (two when its counts must wait longer than its statistics)."""
         pop_ms = self.cfg.popularity_emit_interval_ms
-        if pop_ms <= 0:  # every event at once
-            self._outbox.pop(key, None)
+        if pop_ms <= 0:  # every event at once, its counts with it (the outbox stays empty)
             yield self._batch([self._entry(key, rec, counts_changed, now)])
             return
         out = self._outbox.get(key)

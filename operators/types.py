@@ -24,8 +24,8 @@ ITEM_TYPE = Types.ROW_NAMED(
 # a batch of items' statistics from the item branch ("stats": ``codecs.pack_stats_batch`` in
 # ``neighbours``: each item's trending log-popularity, interaction count and, at most once per
 # ``ranking.neighbours_emit_interval_ms``, its half of the co-occurrence counts, see
-# CatalogIndex.set_cooccurrence). "pop" and "nbrs" (one item's, from earlier versions) are
-# still understood.
+# CatalogIndex.set_cooccurrence). (Earlier versions sent one item's as "pop" and "nbrs";
+# with aligned checkpoints no element in flight outlives an upgrade.)
 # ``model`` is the embedding model of an "item" vector. Kind "dead-letter" (an item that could
 # not be embedded; its DLQ record in ``vector``) never reaches the rankers: see
 # ``jobs/ranking_job.py``.

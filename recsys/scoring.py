@@ -44,15 +44,7 @@ def trend_clock(now_ts: int, half_life_ms: float) -> int:
 def trend_vector(cat, now_ts: int, half_life_ms: float) -> np.ndarray:
     """The trending feature of every catalog row at ``now_ts`` (see ``trend_clock``), cached
     on the catalog until its statistics change."""
-    clock = trend_clock(now_ts, half_life_ms)
-    stamp = (cat.stats_version, cat.size, clock, half_life_ms)
-    cached = getattr(cat, "_trend", None)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    lp = cat.popularity()
-    top = float(lp.max()) if lp.size else -math.inf
-    vec = (ranking.trending_feature(lp, top, clock, half_life_ms) if math.isfinite(top)
-           else np.zeros(cat.size))
+    stamp, vec = _trend(cat, now_ts, half_life_ms, None)
     cat._trend = (stamp, vec)
     return vec
 
@@ -61,15 +53,22 @@ def trend_of_row(cat, r: int, now_ts: int, half_life_ms: float) -> float:
     """Row ``r``'s value of :func:`trend_vector` (the same arithmetic on that one row), without
     the pass over the catalog that a change of the statistics would otherwise cost: the
     per-event step reads one item's features, and statistics change between most events."""
-    stamp = (cat.stats_version, cat.size, trend_clock(now_ts, half_life_ms), half_life_ms)
+    return float(_trend(cat, now_ts, half_life_ms, r)[1][0])
+
+
+def _trend(cat, now_ts: int, half_life_ms: float, r) -> tuple:
+    """(cache stamp, the trending feature of every row, or of row ``r`` alone as a
+    one-element array), from the cached vector when it is current."""
+    clock = trend_clock(now_ts, half_life_ms)
+    stamp = (cat.stats_version, cat.size, clock, half_life_ms)
     cached = getattr(cat, "_trend", None)
     if cached is not None and cached[0] == stamp:
-        return float(cached[1][r])
+        return stamp, cached[1] if r is None else cached[1][r:r + 1]
     lp = cat.popularity()
     top = float(lp.max()) if lp.size else -math.inf
-    if not math.isfinite(top):
-        return 0.0
-    return float(ranking.trending_feature(lp[r:r + 1], top, stamp[2], half_life_ms)[0])
+    rows = lp if r is None else lp[r:r + 1]
+    return stamp, (ranking.trending_feature(rows, top, clock, half_life_ms)
+                   if math.isfinite(top) else np.zeros(rows.shape[0]))
 
 
 def history_norm(cat, x: str, counts: np.ndarray) -> float:
