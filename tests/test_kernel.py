@@ -86,6 +86,25 @@ def test_auto_precision_follows_the_cpu():
         kernel.resolve("fp8")
 
 
+def test_products_on_the_kernel_thread_equal_direct_ones(monkeypatch):
+    """In the TaskManager, bf16 products run on a thread of their own (``for_taskmanager``):
+    the same scores as made directly, an error raised to the caller, and the thread
+    reused."""
+    pytest.importorskip("torch")
+    cat, _, requests = _catalog_and_users(seed=3, n=300, users=8)
+    q = np.stack([st.centroids[0] for st, _ in requests if st.has_interest])
+    direct = kernel.centroid_scores(q, cat, "bf16")
+    monkeypatch.setattr(kernel, "_offload", True)
+    monkeypatch.setattr(kernel, "_thread", None)
+    assert np.array_equal(kernel.centroid_scores(q, cat, "bf16"), direct)
+    worker = kernel._thread
+    assert worker is not None
+    with pytest.raises(ZeroDivisionError):
+        kernel._run(lambda: 1 / 0)
+    assert np.array_equal(kernel.centroid_scores(q, cat, "bf16"), direct)
+    assert kernel._thread is worker
+
+
 def test_learning_uses_the_features_the_list_was_ranked_with():
     """A ranking carries its rows' features and the user's best co-occurrence; one item's
     features computed alone on that scale equal its row of the full feature matrix."""
