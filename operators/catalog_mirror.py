@@ -92,18 +92,17 @@ class CatalogMirror:
             self._stats(unpack_stats_batch(update["neighbours"]), ctx)
 
     def _stats(self, entries: list, ctx) -> None:
-        """A batch of ``(item_id, log_pop, count, counts or None)``: into every catalog, and
-        into broadcast state with one call per state."""
+        """A batch of ``(item_id, log_pop, count, counts or None, changes or None)``
+        (``codecs.pack_stats_batch``): into every catalog, and into broadcast state with one
+        call per state."""
         pops, halves = {}, {}
-        for item_id, log_pop, count, counts in entries:
+        for item_id, log_pop, count, counts, changes in entries:
             if not self._in_catalog(item_id):
                 continue  # catalog items only (the item branch sends no others)
-            earlier = unpack_counts(counts) if counts is not None else None
             for cat in self.catalogs():
                 cat.set_popularity(item_id, log_pop, count)
-                if earlier is not None:  # each catalog its own dict: they are kept
-                    cat.set_cooccurrence(item_id, dict(earlier) if cat is not self.catalog
-                                         else earlier, max_neighbours=self.max_neighbours)
+                if counts is not None:
+                    self._counts(cat, item_id, counts, changes)
             pops[item_id] = STATS.pack(log_pop, count)
             if counts is not None:
                 halves[item_id] = bytes(counts)
@@ -111,6 +110,23 @@ class CatalogMirror:
             self._state(ctx, POPULARITY_STATE).put_all(pops)
         if halves:
             self._state(ctx, NEIGHBOURS_STATE).put_all(halves)
+
+    def _counts(self, cat: CatalogIndex, item_id: str, counts: bytes, changes) -> None:
+        """An item's co-occurrence half into ``cat``: only the changed entries when the
+        catalog holds the half they change (the item branch sent it, in order, before),
+        else the whole (each catalog its own dict: they are kept and changed in place)."""
+        half = cat.earlier.get(item_id)
+        if changes is None or half is None:
+            cat.set_cooccurrence(item_id, unpack_counts(counts),
+                                 max_neighbours=self.max_neighbours)
+            return
+        delta = unpack_counts(changes)
+        for x, c in delta.items():
+            if c > 0:
+                half[x] = c
+            else:
+                half.pop(x, None)
+        cat.set_cooccurrence(item_id, half, changed=delta, max_neighbours=self.max_neighbours)
 
     def _item(self, update, ctx) -> None:
         item_id, model = update["item_id"], update["model"] or self.model_id

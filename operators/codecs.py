@@ -35,36 +35,43 @@ def unpack_interaction(data: bytes) -> tuple[str, float, int, list[str]]:
 
 
 _BATCH_HEAD = struct.Struct("<I")
-_BATCH_ENTRY = struct.Struct("<HddI")  # id length, log_pop, count, counts length (+1; 0: none)
+# id length, log_pop, count, then the lengths (+1; 0: none) of the counts and of their change
+_BATCH_ENTRY = struct.Struct("<HddII")
 
 
 def pack_stats_batch(entries) -> bytes:
     """Many items' statistics in one broadcast element (kind "stats"): ``(item_id, log_pop,
-    count, counts)`` each, ``counts`` the item's co-occurrence half as ``pack_counts`` bytes,
-    or None when they are not sent this time."""
+    count, counts, changes)`` each, ``counts`` the item's co-occurrence half as
+    ``pack_counts`` bytes or None when they are not sent this time; ``changes`` None, or the
+    entries of the half that changed since the item's counts were last sent (``pack_counts``
+    bytes, a removed entry as count 0), which a ranker that holds the previous half applies
+    in place of the whole (see ``CatalogMirror``)."""
     parts = [_BATCH_HEAD.pack(len(entries))]
-    for item_id, log_pop, count, counts in entries:
+    for item_id, log_pop, count, counts, changes in entries:
         key = item_id.encode("utf-8")
         parts.append(_BATCH_ENTRY.pack(len(key), log_pop, count,
-                                       0 if counts is None else len(counts) + 1))
+                                       0 if counts is None else len(counts) + 1,
+                                       0 if changes is None else len(changes) + 1))
         parts.append(key)
-        if counts is not None:
-            parts.append(bytes(counts))
+        for blob in (counts, changes):
+            if blob is not None:
+                parts.append(bytes(blob))
     return b"".join(parts)
 
 
-def unpack_stats_batch(data: bytes) -> list[tuple[str, float, float, bytes | None]]:
+def unpack_stats_batch(data: bytes) -> list[tuple[str, float, float, bytes | None,
+                                                  bytes | None]]:
     data = bytes(data)
     (n,) = _BATCH_HEAD.unpack_from(data, 0)
     at, out = _BATCH_HEAD.size, []
     for _ in range(n):
-        id_len, log_pop, count, counts_len = _BATCH_ENTRY.unpack_from(data, at)
+        id_len, log_pop, count, counts_len, changes_len = _BATCH_ENTRY.unpack_from(data, at)
         at += _BATCH_ENTRY.size
         item_id = data[at:at + id_len].decode("utf-8")
         at += id_len
-        counts = None
-        if counts_len:
-            counts = data[at:at + counts_len - 1]
-            at += counts_len - 1
-        out.append((item_id, log_pop, count, counts))
+        blobs = []
+        for length in (counts_len, changes_len):
+            blobs.append(data[at:at + length - 1] if length else None)
+            at += max(length - 1, 0)
+        out.append((item_id, log_pop, count, *blobs))
     return out

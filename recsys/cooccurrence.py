@@ -10,6 +10,9 @@ from typing import Iterable, Optional
 import numpy as np
 
 
+_NONE: dict = {}
+
+
 class CooccurrenceLists:
     """Neighbour lists under catalog ids. ``neighbours``: item -> {neighbour id: count}, with
     a cache of the same as (rows, counts) arrays for scoring (:meth:`neighbour_arrays`);
@@ -59,39 +62,56 @@ class CooccurrenceLists:
         the heaviest ``max_neighbours`` whenever it grows past twice that (the rule the halves
         follow); a pair pruned here comes back, with its full count, when it is counted again."""
         old = self.earlier.get(item_id, {})
-        self.earlier[item_id] = earlier
+        halves, row = self.earlier, self.row
+        halves[item_id] = earlier
         if changed is None:  # in a fixed order: neighbour dicts keep insertion order
             changed = [x for x, c in earlier.items() if old.get(x) != c] + \
                 [x for x in old if x not in earlier]
         for x in changed:
-            total = earlier.get(x, 0.0) + self.earlier.get(x, {}).get(item_id, 0.0)
-            if x not in self.row:  # not an item (yet): no list under its id, remember the pair
-                waiting = self._waiting.setdefault(x, set())
-                if x in earlier:
-                    waiting.add(item_id)
-                else:
-                    waiting.discard(item_id)
-                    if not waiting:
-                        del self._waiting[x]
-            for a, b in ((item_id, x), (x, item_id)):
-                if a not in self.row and a == x:
-                    continue
-                nbrs = self.neighbours.get(a)
-                if total > 0:
-                    if nbrs is None:
-                        nbrs = self.neighbours[a] = {}
-                    nbrs[b] = total
-                    if len(nbrs) > 2 * max_neighbours:
-                        keep = sorted(nbrs.items(), key=lambda kv: -kv[1])[:max_neighbours]
-                        nbrs.clear()
-                        nbrs.update(keep)
-                        self._nbr_arrays.pop(a, None)  # a new order: rebuilt when next used
-                    else:
-                        self._patch_arrays(a, b, total, nbrs)
-                else:
-                    if nbrs is not None:
-                        nbrs.pop(b, None)
-                    self._nbr_arrays.pop(a, None)
+            total = earlier.get(x, 0.0) + halves.get(x, _NONE).get(item_id, 0.0)
+            if x in row:
+                self._set_pair(item_id, x, total, max_neighbours)
+                self._set_pair(x, item_id, total, max_neighbours)
+                continue
+            # not an item (yet): no list under its id, remember the pair
+            waiting = self._waiting.setdefault(x, set())
+            if x in earlier:
+                waiting.add(item_id)
+            else:
+                waiting.discard(item_id)
+                if not waiting:
+                    del self._waiting[x]
+            self._set_pair(item_id, x, total, max_neighbours)
+
+    def _set_pair(self, a: str, b: str, total: float, max_neighbours: int) -> None:
+        """``a``'s list: ``b`` at ``total`` (gone at 0), its arrays patched or dropped."""
+        nbrs = self.neighbours.get(a)
+        if total <= 0:
+            if nbrs is not None:
+                nbrs.pop(b, None)
+            self._nbr_arrays.pop(a, None)
+            return
+        if nbrs is None:
+            nbrs = self.neighbours[a] = {}
+        nbrs[b] = total
+        if len(nbrs) > 2 * max_neighbours:
+            keep = sorted(nbrs.items(), key=lambda kv: -kv[1])[:max_neighbours]
+            nbrs.clear()
+            nbrs.update(keep)
+            self._nbr_arrays.pop(a, None)  # a new order: rebuilt when next used
+            return
+        cached = self._nbr_arrays.get(a)
+        if cached is None:
+            return
+        slot = cached.slot.get(b)
+        if slot is not None:  # the arrays in step with one changed count, in place
+            cached.counts[slot] = total
+        elif len(nbrs) != cached.size + cached.unknown + 1:
+            self._nbr_arrays.pop(a, None)  # a known id's count, not in the arrays: rebuild
+        elif b in self.row:
+            cached.append(self.row[b], total, b)
+        else:
+            cached.unknown += 1
 
     def _complete_pairs(self, item_id: str) -> None:
         """A new item: build its neighbour list from the halves that counted it while it was
@@ -112,23 +132,6 @@ class CooccurrenceLists:
         self.earlier = {k: dict(v) for k, v in other.earlier.items()}
         self.neighbours = {k: dict(v) for k, v in other.neighbours.items()}
         self._nbr_arrays.clear()
-
-    def _patch_arrays(self, a: str, b: str, total: float, nbrs: dict) -> None:
-        """Keep ``a``'s cached neighbour arrays in step with one changed count, in place:
-        the same arrays, in the same order (the dict's), as a rebuild would give, without
-        rebuilding a popular item's list at every event."""
-        cached = self._nbr_arrays.get(a)
-        if cached is None:
-            return
-        slot = cached.slot.get(b)
-        if slot is not None:
-            cached.counts[slot] = total
-        elif b not in nbrs or len(nbrs) != cached.size + cached.unknown + 1:
-            self._nbr_arrays.pop(a, None)  # a known id's count, not in the arrays: rebuild
-        elif b in self.row:
-            cached.append(self.row[b], total, b)
-        else:
-            cached.unknown += 1
 
     def neighbour_arrays(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(rows, counts) of an item's known neighbours that are in the catalog, in the order

@@ -12,13 +12,15 @@ from recsys.item_stats import pack_counts, unpack_counts
 
 
 def test_a_batch_round_trips_with_and_without_counts():
-    entries = [("m1", 1.5, 3.0, pack_counts({"m2": 2.0, "é-3": 1.0})),
-               ("é-3", -2.25, 1.0, None),
-               ("x" * 256, 0.0, 7.0, pack_counts({}))]
+    entries = [("m1", 1.5, 3.0, pack_counts({"m2": 2.0, "é-3": 1.0}), pack_counts({"m2": 2.0})),
+               ("é-3", -2.25, 1.0, None, None),
+               ("x" * 256, 0.0, 7.0, pack_counts({}), None)]
     got = unpack_stats_batch(pack_stats_batch(entries))
-    assert [(i, lp, c) for i, lp, c, _ in got] == [(i, lp, c) for i, lp, c, _ in entries]
+    assert [e[:3] for e in got] == [e[:3] for e in entries]
     assert unpack_counts(got[0][3]) == {"m2": 2.0, "é-3": 1.0}
-    assert got[1][3] is None and unpack_counts(got[2][3]) == {}
+    assert unpack_counts(got[0][4]) == {"m2": 2.0}
+    assert got[1][3] is None and got[1][4] is None
+    assert unpack_counts(got[2][3]) == {} and got[2][4] is None
     assert unpack_stats_batch(pack_stats_batch([])) == []
 
 
@@ -55,9 +57,9 @@ def _mirror_with(ids):
 
 def test_a_batch_reaches_the_catalog_and_broadcast_state_in_one_call_per_state():
     mirror, ctx = _mirror_with(["a", "b", "c"])
-    batch = pack_stats_batch([("a", 2.0, 4.0, pack_counts({"b": 3.0})),
-                              ("b", 1.0, 2.0, None),
-                              ("junk", 9.0, 9.0, pack_counts({"a": 1.0}))])
+    batch = pack_stats_batch([("a", 2.0, 4.0, pack_counts({"b": 3.0}), None),
+                              ("b", 1.0, 2.0, None, None),
+                              ("junk", 9.0, 9.0, pack_counts({"a": 1.0}), None)])
     calls = ctx.calls
     mirror.apply({"kind": "stats", "item_id": "", "neighbours": batch}, ctx)
     cat = mirror.catalog
@@ -68,8 +70,34 @@ def test_a_batch_reaches_the_catalog_and_broadcast_state_in_one_call_per_state()
     assert set(ctx.states[NEIGHBOURS_STATE.name]) == {"a"}
     assert ctx.calls - calls <= 2  # the state handles are asked for once, then kept
     mirror.apply({"kind": "stats", "item_id": "",
-                  "neighbours": pack_stats_batch([("c", 0.5, 1.0, None)])}, ctx)
+                  "neighbours": pack_stats_batch([("c", 0.5, 1.0, None, None)])}, ctx)
     assert ctx.calls - calls <= 2
+
+
+def test_changed_entries_merge_into_the_half_the_ranker_holds():
+    """A send with its changes updates the half in place (an entry at 0 leaves it) and gives
+    the neighbour lists a whole send would; without a half to change, the whole is used."""
+    whole = {"b": 2.0, "c": 1.0}
+    after = {"b": 3.0, "d": 1.0}  # b counted again, d new, c pruned
+    changes = pack_counts({"b": 3.0, "c": 0.0, "d": 1.0})
+    merged, ctx = _mirror_with(["a", "b", "c", "d"])
+    merged.apply({"kind": "stats", "neighbours": pack_stats_batch(
+        [("a", 1.0, 2.0, pack_counts(whole), None)])}, ctx)
+    half = merged.catalog.earlier["a"]
+    merged.apply({"kind": "stats", "neighbours": pack_stats_batch(
+        [("a", 1.0, 3.0, pack_counts(after), changes)])}, ctx)
+    assert merged.catalog.earlier["a"] is half and half == after
+    direct, ctx2 = _mirror_with(["a", "b", "c", "d"])
+    direct.apply({"kind": "stats", "neighbours": pack_stats_batch(  # no half yet: the whole
+        [("a", 1.0, 3.0, pack_counts(after), changes)])}, ctx2)
+    for cat in (merged.catalog, direct.catalog):
+        assert cat.earlier["a"] == after
+        assert cat.neighbours["a"] == after
+        assert cat.neighbours["b"] == {"a": 3.0} and cat.neighbours["d"] == {"a": 1.0}
+        assert "a" not in cat.neighbours.get("c", {})
+        rows, counts = cat.neighbour_arrays("a")
+        assert dict(zip([cat.ids[r] for r in rows], counts.tolist())) == after
+    assert unpack_counts(ctx.states[NEIGHBOURS_STATE.name]["a"]) == after
 
 
 # -- the item branch's outbox, timers and restore (a stand-in for PyFlink's keyed context) --
@@ -159,18 +187,20 @@ def test_one_batch_per_interval_carries_every_changed_item(monkeypatch):
     assert _interaction(branch, keyed, "a", context=["b"]) == []
     batches = _fire(branch, keyed, until=11_000)
     assert len(batches) == 1  # three timers (a, b at 11,000), one batch
-    sent = {i: (lp, c, cnt) for i, lp, c, cnt in batches[0]}
+    sent = {i: (lp, c, cnt, changes) for i, lp, c, cnt, changes in batches[0]}
     assert set(sent) == {"a", "b"} and sent["a"][1] == 2.0 and sent["b"][1] == 1.0
     assert unpack_counts(sent["a"][2]) == {"b": 1.0} and unpack_counts(sent["b"][2]) == {"a": 1.0}
+    assert sent["a"][3] is None and sent["b"][3] is None  # first sends: whole only
     # Counts changed again within neighbours_emit_interval_ms: the statistics go out at the
     # next boundary, the counts wait until 5 s after they were last sent.
     monkeypatch.setattr(ib, "now_ms", lambda: 11_500)
     _interaction(branch, keyed, "a", context=["c"])
     first = _fire(branch, keyed, until=12_000)
-    assert [(i, c, cnt) for i, _, c, cnt in first[0]] == [("a", 3.0, None)]
+    assert [(i, c, cnt) for i, _, c, cnt, _ in first[0]] == [("a", 3.0, None)]
     later = [b for b in _fire(branch, keyed, until=16_000) if b]
     assert len(later) == 1 and later[0][0][0] == "a"
     assert unpack_counts(later[0][0][3]) == {"b": 1.0, "c": 1.0}
+    assert unpack_counts(later[0][0][4]) == {"c": 1.0}  # what changed since the last send
     assert not branch._outbox and not _fire(branch, keyed, until=60_000)
 
 
@@ -187,10 +217,14 @@ def test_after_a_restore_the_timers_resend_what_the_lost_outbox_held(monkeypatch
     # The job fails here: state and timers come back from the checkpoint, the outbox does not.
     restored = _Keyed(dict(keyed.store), set(keyed.timers))
     branch = _branch(restored)
+    # b is counted again before its timer: it is in the new outbox, with this change only;
+    # its counts still go whole (the rankers may lack what the lost outbox held).
+    monkeypatch.setattr(ib, "now_ms", lambda: 20_500)
+    _interaction(branch, restored, "b", context=["z"])
     batches = _fire(branch, restored, until=21_000)
-    sent = {i: (c, cnt) for batch in batches for i, _, c, cnt in batch}
-    assert sent["a"][0] == 1.0 and sent["b"][0] == 1.0
-    assert unpack_counts(sent["b"][1]) == {"a": 1.0}
+    sent = {i: (c, cnt, changes) for batch in batches for i, _, c, cnt, changes in batch}
+    assert sent["a"][0] == 1.0 and sent["b"][0] == 2.0
+    assert unpack_counts(sent["b"][1]) == {"a": 1.0, "z": 1.0} and sent["b"][2] is None
 
 
 def test_interval_zero_sends_every_interaction_at_once(monkeypatch):
@@ -201,6 +235,6 @@ def test_interval_zero_sends_every_interaction_at_once(monkeypatch):
     _known(branch, keyed, "a")
     monkeypatch.setattr(ib, "now_ms", lambda: 5_000)
     rows = _interaction(branch, keyed, "a", context=["z"])
-    [(item_id, _, count, counts)] = unpack_stats_batch(rows[0][6])
+    [(item_id, _, count, counts, _)] = unpack_stats_batch(rows[0][6])
     assert (item_id, count, unpack_counts(counts)) == ("a", 1.0, {"z": 1.0})
     assert not keyed.timers
