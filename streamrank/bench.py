@@ -2,6 +2,11 @@
 
 One invocation, phases run one after the other so they do not compete for the cores:
 
+0. **warm-up**: ``--warmup-events`` events (after all the measured ones in the dataset, from
+   users of their own) through the job and the skeleton before they are measured, so that
+   the figures are a running job's rather than those of a JVM still compiling its hot paths
+   (the JIT compiler took ~30% of a core over the first ~10 s of events); 0 measures from a
+   cold start;
 1. **throughput**: the job (MiniCluster, ``--parallelism``; or, with ``--taskmanagers N``, a
    standalone cluster of N one-slot TaskManagers at parallelism N: each TaskManager has its
    own Python interpreter, which is how the job scales out) with the catalog loaded and cached;
@@ -109,13 +114,19 @@ def _tool_phases(settings: Settings, items: list[dict], all_events: list[dict],
     return result
 
 
-def _streams(all_events: list[dict], events: int, latency_events: int, tag: str) -> dict:
-    """The phases' event streams: time-ordered, interleaved, paced, sustained."""
+def _streams(all_events: list[dict], events: int, latency_events: int, tag: str,
+             warmup: int = 0) -> dict:
+    """The phases' event streams: time-ordered, interleaved, paced, sustained; and the
+    warm-up, ``warmup`` events after all of them, from users of their own (``w``-prefixed
+    ids, so no measured user's state is touched)."""
+    end = 2 * events + 2 * latency_events
     return {"burst": all_events[:events], "prefix": f"b{tag}-",
             "interleaved": interleaved(all_events[events:2 * events], f"i{tag}"),
             "interleaved_prefix": f"i{tag}-",
             "paced": all_events[2 * events:2 * events + latency_events],
-            "sustained": all_events[2 * events + latency_events:]}
+            "sustained": all_events[2 * events + latency_events:end],
+            "warmup": [{**e, "user_id": f"w{e['user_id']}", "event_id": f"w{tag}-{i}"}
+                       for i, e in enumerate(all_events[end:end + warmup])]}
 
 
 def _run_facts(settings: Settings, catalog: int, streams: dict, rate: float,
@@ -128,11 +139,12 @@ def _run_facts(settings: Settings, catalog: int, streams: dict, rate: float,
             "runtime": (f"standalone cluster, {taskmanagers} TaskManager(s) x 1 slot"
                         if taskmanagers else "MiniCluster"),
             "events": len(streams["burst"]), "latency_events": len(streams["paced"]),
+            "warmup_events": len(streams["warmup"]),
             "latency_rate": rate, "cores": cores(),
             "delivery": settings.kafka.delivery_guarantee,
             "state_backend": settings.flink.state_backend,
             "emit_window_ms": settings.ranking.emit_window_ms,
-            "kernel_precision": {"job": kernel.for_taskmanager(precision),
+            "kernel_precision": {"job": kernel.resolve(precision),
                                  "loop": kernel.chosen(precision)}}
 
 
@@ -140,7 +152,7 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
               latency_events: int = 3000, rate: float = 2000.0, parallelism: int = 1,
               embed_texts: int = 512, out_dir: str = ".run/bench",
               skip_embedding: bool = False, scale_items: int = 100_000,
-              taskmanagers: int = 0) -> dict:
+              taskmanagers: int = 0, warmup_events: int = 3000) -> dict:
     from jobs.runtime import prepare_process_environment
     from streamrank.bench_loop import plain_loop
     from streamrank.kafka_local import LocalBroker, create_topics
@@ -153,9 +165,9 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
     parallelism = taskmanagers or parallelism
     settings = _bench_settings(settings, out, tag, parallelism, taskmanagers)
     items = read_items(data_dir)
-    all_events = read_events(data_dir, limit=2 * events + 2 * latency_events,
+    all_events = read_events(data_dir, limit=2 * events + 2 * latency_events + warmup_events,
                              id_prefix=f"b{tag}")
-    streams = _streams(all_events, events, latency_events, tag)
+    streams = _streams(all_events, events, latency_events, tag, warmup_events)
     result = _run_facts(settings, len(items), streams, rate, parallelism, taskmanagers)
     bench_say(f"{len(items)} items, {events} + {events} (interleaved) + {latency_events} events, "
          f"parallelism {parallelism}")
@@ -169,12 +181,13 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
                                   broker.pid()))
         if not taskmanagers:
             result["skeleton"] = skeleton_phase(settings, out, streams["burst"], tag,
-                                                 broker.pid())
+                                                 broker.pid(), streams["warmup"])
             result["skeleton_events_per_s"] = result["skeleton"]["events_per_s"]
             result["ratio_vs_skeleton"] = round(
                 result["events_per_s"] / result["skeleton_events_per_s"], 3)
         bench_say("plain kafka-python + numpy loop, same topics, same step and coalescing")
-        n_loop = sum(len(streams[k]) for k in ("burst", "interleaved", "paced", "sustained"))
+        n_loop = sum(len(streams[k]) for k in ("burst", "interleaved", "paced", "sustained",
+                                               "warmup"))
         loop = plain_loop(settings, n_loop, loop_topic)
         result["loop_events_per_s"] = loop["events_per_s"]
         result["ratio_vs_loop"] = round(result["events_per_s"] / loop["events_per_s"], 3) \

@@ -137,6 +137,16 @@ class _JobPhases:
         bench_say(f"job, {label}: {json.dumps(res)}")
         return res
 
+    def warm_up(self, events: list[dict]) -> None:
+        """``events`` through the job, unmeasured (see ``bench.py``, phase 0)."""
+        from streamrank.replay import produce
+
+        if not events:
+            return
+        bench_say(f"warm-up: {len(events)} events, not measured")
+        produce(self.producer, self.topic, events, "user_id", desc="events (warm-up)")
+        wait_all(self.rankings, [e["event_id"] for e in events], self.job)
+
     def latency(self, events: list[dict], rate: float, label: str) -> tuple[dict, float]:
         """``events`` at ``rate``: from each event's production to the first ranking that
         covers it, percentiles; and the rate achieved."""
@@ -178,6 +188,7 @@ def job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[dic
                          job=job, timeout_s=900)
         cpu = None if taskmanagers else CpuMeter(job.proc.pid, broker_pid)
         phases = _JobPhases(settings, job, rankings, producer, cpu)
+        phases.warm_up(streams["warmup"])
         result.update(phases.throughput(streams["burst"], "time-ordered", streams["prefix"]))
         result["interleaved"] = phases.throughput(streams["interleaved"], "interleaved",
                                                   streams["interleaved_prefix"])
@@ -199,7 +210,7 @@ def job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[dic
 
 
 def skeleton_phase(settings: Settings, out: Path, events: list[dict], tag: str,
-                    broker_pid: Optional[int] = None) -> dict:
+                    broker_pid: Optional[int] = None, warmup: tuple = ()) -> dict:
     """The job's skeleton (``jobs/skeleton_job.py``: the same sources, sinks, parsing, keying
     and state accesses, no model) on its own topics, the time-ordered events all at once."""
     from streamrank.kafka_local import create_topics
@@ -225,9 +236,10 @@ def skeleton_phase(settings: Settings, out: Path, events: list[dict], tag: str,
         warm = [{**events[0], "event_id": f"{prefix}warm"}]  # the job is up once this is out
         produce(producer, settings.kafka.topics.events, warm, "user_id", progress=False)
         wait_all(rankings, [warm[0]["event_id"]], job, timeout_s=300)
-        return _JobPhases(settings, job, rankings, producer,
-                          CpuMeter(job.proc.pid, broker_pid)).throughput(
-            events, "skeleton, time-ordered", prefix)
+        phases = _JobPhases(settings, job, rankings, producer,
+                            CpuMeter(job.proc.pid, broker_pid))
+        phases.warm_up([{**e, "event_id": f"s{e['event_id']}"} for e in warmup])
+        return phases.throughput(events, "skeleton, time-ordered", prefix)
     finally:
         producer.close()
         rankings.close()

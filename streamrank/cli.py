@@ -186,7 +186,8 @@ def cmd_bench(args) -> int:
                        latency_events=args.latency_events, rate=args.rate,
                        parallelism=args.parallelism, embed_texts=args.embed_texts,
                        out_dir=args.out, skip_embedding=args.skip_embedding,
-                       scale_items=args.scale_items, taskmanagers=args.taskmanagers)
+                       scale_items=args.scale_items, taskmanagers=args.taskmanagers,
+                       warmup_events=args.warmup_events)
     print(f"bench: plot {result.pop('plot')}, json {args.out}/bench.json", file=sys.stderr)
     print(json.dumps(result))
     return 0
@@ -331,6 +332,9 @@ def _add_bench(sub, common) -> None:
     s.add_argument("--data", default=DEFAULT_DATA, help=_DATA_HELP)
     s.add_argument("--events", type=int, default=10000,
                    help="events for the throughput phase (default 10000)")
+    s.add_argument("--warmup-events", type=int, default=3000,
+                   help="events through the job (and the skeleton) before measuring, from "
+                        "users of their own (default 3000; 0 measures a cold start)")
     s.add_argument("--latency-events", type=int, default=3000,
                    help="events for the fixed-rate latency phase (default 3000)")
     s.add_argument("--rate", type=float, default=2000, help="latency phase rate (default 2000/s)")
