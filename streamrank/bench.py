@@ -155,7 +155,7 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
               taskmanagers: int = 0, warmup_events: int = 3000) -> dict:
     from jobs.runtime import prepare_process_environment
     from streamrank.bench_loop import plain_loop
-    from streamrank.kafka_local import LocalBroker, create_topics
+    from streamrank.kafka_local import LocalBroker, create_topics, delete_topics_with_prefix
     from streamrank.replay import read_events, read_items
 
     prepare_process_environment()
@@ -194,6 +194,7 @@ def run_bench(settings: Settings, data_dir: str, events: int = 10_000,
             if loop["events_per_s"] else None
         bench_say(f"loop: {loop['events_per_s']} events/s")
     finally:
+        delete_topics_with_prefix(settings.kafka, f"bench-{tag}-")  # the run's own topics
         if started:
             broker.down()
     result.update(_tool_phases(settings, items, all_events, skip_embedding, embed_texts,

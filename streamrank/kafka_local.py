@@ -238,9 +238,39 @@ def create_topics(kafka: KafkaSettings, recreate: bool = False,
                 created = [t.name for t in new]
             except TopicAlreadyExistsError:
                 pass
+        _wait_topics_listed(admin, created)
         return created
     finally:
         admin.close()
+
+
+def delete_topics_with_prefix(kafka: KafkaSettings, prefix: str) -> int:
+    """Delete every topic whose name starts with ``prefix`` (a bench run's own); best effort:
+    returns how many were asked to go."""
+    from kafka.errors import KafkaError
+
+    admin = admin_client(kafka)
+    try:
+        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            admin.delete_topics(doomed)
+        return len(doomed)
+    except KafkaError as exc:
+        log.warning("could not delete the topics %s*: %s", prefix, exc)
+        return 0
+    finally:
+        admin.close()
+
+
+def _wait_topics_listed(admin, topics: list[str], wait_s: float = 60.0) -> None:
+    """Creation returns before the topics are in the cluster's metadata (~4 s on a local
+    broker holding a few hundred topics): wait until they are, so that a job started next,
+    which checks its topics, finds them."""
+    deadline = time.monotonic() + wait_s
+    while not set(topics) <= set(admin.list_topics()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {topics} not listed {wait_s:.0f}s after creation")
+        time.sleep(0.3)
 
 
 def _wait_topics_gone(admin, topics: list[str], wait_s: float = 30.0) -> None:
