@@ -10,6 +10,7 @@ switch at once.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import numpy as np
 
@@ -99,10 +100,11 @@ class CatalogMirror:
         for item_id, log_pop, count, counts, changes in entries:
             if not self._in_catalog(item_id):
                 continue  # catalog items only (the item branch sends no others)
+            delta = unpack_counts(changes) if changes is not None else None
             for cat in self.catalogs():
                 cat.set_popularity(item_id, log_pop, count)
                 if counts is not None:
-                    self._counts(cat, item_id, counts, changes)
+                    self._counts(cat, item_id, counts, delta)
             pops[item_id] = STATS.pack(log_pop, count)
             if counts is not None:
                 halves[item_id] = bytes(counts)
@@ -111,16 +113,17 @@ class CatalogMirror:
         if halves:
             self._state(ctx, NEIGHBOURS_STATE).put_all(halves)
 
-    def _counts(self, cat: CatalogIndex, item_id: str, counts: bytes, changes) -> None:
-        """An item's co-occurrence half into ``cat``: only the changed entries when the
-        catalog holds the half they change (the item branch sent it, in order, before),
-        else the whole (each catalog its own dict: they are kept and changed in place)."""
+    def _counts(self, cat: CatalogIndex, item_id: str, counts: bytes,
+                delta: Optional[dict[str, float]]) -> None:
+        """An item's co-occurrence half into ``cat``: only the changed entries (``delta``,
+        read-only here) when the catalog holds the half they change (the item branch sent it,
+        in order, before), else the whole (each catalog its own dict: they are kept and
+        changed in place)."""
         half = cat.earlier.get(item_id)
-        if changes is None or half is None:
+        if delta is None or half is None:
             cat.set_cooccurrence(item_id, unpack_counts(counts),
                                  max_neighbours=self.max_neighbours)
             return
-        delta = unpack_counts(changes)
         for x, c in delta.items():
             if c > 0:
                 half[x] = c

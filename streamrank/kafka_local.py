@@ -227,7 +227,7 @@ def create_topics(kafka: KafkaSettings, recreate: bool = False,
                     admin.delete_topics(doomed)
                 except UnknownTopicOrPartitionError:
                     pass
-                _wait_topics_gone(admin, doomed)
+                _wait_topics(admin, doomed, listed=False)
             existing -= set(doomed)
         new = [NewTopic(name, kafka.partitions, kafka.replication_factor, topic_configs=cfg)
                for name, cfg in specs.items() if name not in existing]
@@ -238,7 +238,7 @@ def create_topics(kafka: KafkaSettings, recreate: bool = False,
                 created = [t.name for t in new]
             except TopicAlreadyExistsError:
                 pass
-        _wait_topics_listed(admin, created)
+        _wait_topics(admin, created, listed=True)
         return created
     finally:
         admin.close()
@@ -262,22 +262,18 @@ def delete_topics_with_prefix(kafka: KafkaSettings, prefix: str) -> int:
         admin.close()
 
 
-def _wait_topics_listed(admin, topics: list[str], wait_s: float = 60.0) -> None:
-    """Creation returns before the topics are in the cluster's metadata (~4 s on a local
-    broker holding a few hundred topics): wait until they are, so that a job started next,
-    which checks its topics, finds them."""
+def _wait_topics(admin, topics: list[str], listed: bool, wait_s: float = 60.0) -> None:
+    """Wait until every one of ``topics`` is listed (``listed``) or none is. Creation and
+    deletion return before the cluster's metadata shows them (~4 s on a local broker holding
+    a few hundred topics), and a job started next checks its topics."""
     deadline = time.monotonic() + wait_s
-    while not set(topics) <= set(admin.list_topics()):
+    while True:
+        names = set(admin.list_topics())
+        if (set(topics) <= names) if listed else not set(topics) & names:
+            break
         if time.monotonic() > deadline:
-            raise TimeoutError(f"topics {topics} not listed {wait_s:.0f}s after creation")
+            raise TimeoutError(f"topics {topics} {'not listed' if listed else 'still listed'} "
+                               f"after {wait_s:.0f}s")
         time.sleep(0.3)
-
-
-def _wait_topics_gone(admin, topics: list[str], wait_s: float = 30.0) -> None:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if not set(topics) & set(admin.list_topics()):
-            time.sleep(0.5)  # deletion is asynchronous past the listing, too
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"topics {topics} still exist after {wait_s:.0f}s")
+    if not listed:
+        time.sleep(0.5)  # deletion is asynchronous past the listing, too
