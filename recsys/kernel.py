@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -80,7 +79,7 @@ def chosen(precision: str) -> str:
 def for_taskmanager(precision: str) -> str:
     """The precision the Flink ranker uses: the configured one, resolved and logged. In bf16
     every torch product of this process then runs on one Python thread of its own
-    (:func:`_run`; see the module doc). Call it from the ranker's ``open``."""
+    (:class:`_TorchThread`; see the module doc). Call it from the ranker's ``open``."""
     got = chosen(precision)
     if got == "bf16":
         global _offload
@@ -88,26 +87,66 @@ def for_taskmanager(precision: str) -> str:
     return got
 
 
-_offload = False  # torch products go to the kernel thread (set by for_taskmanager)
-_executor: Optional[ThreadPoolExecutor] = None
-_executor_lock = threading.Lock()
+_offload = False  # torch products go through _TorchThread (set by for_taskmanager)
+_thread: Optional["_TorchThread"] = None
+_thread_lock = threading.Lock()
+
+
+class _TorchThread:
+    """One Python-created thread that runs every torch product of the TaskManager's rankers.
+
+    PyFlink's thread mode runs Python on the JVM's task threads (PEMJA). A torch product made
+    there directly never returned in the full job; the same product made on a thread that
+    Python itself started does. The caller waits, the GIL released (other Python operators
+    run meanwhile), for each result: the hand-over costs ~60-130 us per product on this
+    2-core VM, against ~0.5 ms saved on one user's content product (0.45 ms bf16 against
+    1.0 ms fp32 for 4 centroids on 9,742 x 384, measured on one core).
+
+    Two plain locks rather than a one-worker ``ThreadPoolExecutor``: its future waits on a
+    condition, more hand-overs of the GIL per product (67 against 75 us alone), and with it
+    the bench's interleaved stream ran 550 and 560 events/s against 611-667 with the locks
+    (`streamrank bench --skip-embedding --scale-items 0 --latency-events 1500`, same host)."""
+
+    def __init__(self):
+        self._caller = threading.Lock()  # one product at a time (two subtasks may call)
+        self._request, self._response = threading.Lock(), threading.Lock()
+        self._request.acquire()
+        self._response.acquire()
+        self._fn = None
+        self._result: tuple = (True, None)
+        threading.Thread(target=self._serve, name="streamrank-kernel", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self._request.acquire()
+            try:
+                self._result = (True, self._fn())
+            except BaseException as e:  # handed to the caller
+                self._result = (False, e)
+            self._response.release()
+
+    def call(self, fn):
+        with self._caller:
+            self._fn = fn
+            self._request.release()
+            self._response.acquire()
+            ok, value = self._result
+            self._fn = self._result = None
+        if not ok:
+            raise value
+        return value
 
 
 def _run(fn):
-    """``fn()``; when products are offloaded, on the kernel thread: one thread that Python
-    started, shared by the TaskManager's rankers. PyFlink's thread mode runs Python on the
-    JVM's task threads (PEMJA), where a torch product never returned in the full job (see
-    the module doc); on a thread Python started it does. The caller waits with the GIL
-    released (the other Python operators run meanwhile): the hand-over costs ~75 us on this
-    2-core VM, against ~0.5 ms saved on one user's content product (0.45 ms bf16 against
-    1.0 ms fp32 for 4 centroids on 9,742 x 384, one core)."""
-    global _executor
+    """``fn()``, on the kernel thread when products are offloaded (two ranker subtasks of
+    one TaskManager share it)."""
+    global _thread
     if not _offload:
         return fn()
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrank-kernel")
-    return _executor.submit(fn).result()
+    with _thread_lock:
+        if _thread is None:
+            _thread = _TorchThread()
+    return _thread.call(fn)
 
 
 def centroid_scores(queries: np.ndarray, cat, precision: str) -> np.ndarray:

@@ -95,14 +95,14 @@ def test_products_on_the_kernel_thread_equal_direct_ones(monkeypatch):
     q = np.stack([st.centroids[0] for st, _ in requests if st.has_interest])
     direct = kernel.centroid_scores(q, cat, "bf16")
     monkeypatch.setattr(kernel, "_offload", True)
-    monkeypatch.setattr(kernel, "_executor", None)
+    monkeypatch.setattr(kernel, "_thread", None)
     assert np.array_equal(kernel.centroid_scores(q, cat, "bf16"), direct)
-    worker = kernel._executor
+    worker = kernel._thread
     assert worker is not None
     with pytest.raises(ZeroDivisionError):
         kernel._run(lambda: 1 / 0)
     assert np.array_equal(kernel.centroid_scores(q, cat, "bf16"), direct)
-    assert kernel._executor is worker
+    assert kernel._thread is worker
 
 
 def test_learning_uses_the_features_the_list_was_ranked_with():
