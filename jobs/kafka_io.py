@@ -93,6 +93,19 @@ def keyed_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
     return table
 
 
+def insert_routes(t_env: StreamTableEnvironment, statements, stream: DataStream,
+                  sinks: dict[int, str]) -> None:
+    """Add to ``statements`` one insert per route: the ``(k, v)`` of the rows of ``stream``
+    (``operators.types.ROUTED_RECORD_TYPE``) whose ``route`` is the key of ``sinks``, into
+    that sink table. The split is a Table filter: Java code, no Python call per record."""
+    from pyflink.table.expressions import col
+
+    table = t_env.from_data_stream(stream)
+    for route, sink in sinks.items():
+        statements.add_insert(sink, table.where(col("route") == route)
+                              .select(col("k"), col("v")))
+
+
 def value_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
                table: str) -> str:
     """A sink table taking rows ``(v)`` written as key-less records."""

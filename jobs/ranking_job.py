@@ -36,11 +36,12 @@ from operators.types import (  # noqa: E402
     DEAD_LETTER_KIND,
     DLQ_TAG,
     EVENT_TYPE,
-    INTERACTIONS_TAG,
     ITEM_TYPE,
-    KEYED_RECORD_TYPE,
     NEIGHBOURS_STATE,
     POPULARITY_STATE,
+    ROUTED_RECORD_TYPE,
+    TO_INTERACTIONS,
+    TO_RANKINGS,
     VALUE_RECORD_TYPE,
 )
 from contracts.config import Settings, load_settings, parse_set_args  # noqa: E402
@@ -132,7 +133,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         .connect(catalog_broadcast)
         .process(RankUsers(settings.ranking, model_id, topics.events,
                            settings.validation.dlq_max_raw_bytes),
-                 output_type=KEYED_RECORD_TYPE)
+                 output_type=ROUTED_RECORD_TYPE)
         .name("rank-users").uid("rank-users")
     )
     write_outputs(t_env, settings, rankings, events, items, embed_dlq)
@@ -140,16 +141,14 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
 
 def write_outputs(t_env: StreamTableEnvironment, settings: Settings, rankings, events, items,
                   embed_dlq) -> None:
-    """Rankings to their topic; dead letters of events (parsing, the ranker) and of items
+    """Rankings and interactions to their topics; dead letters of events (parsing, the ranker) and of items
     (parsing, embedding) to theirs."""
     kafka, topics = settings.kafka, settings.kafka.topics
     statements = t_env.create_statement_set()
-    statements.add_insert(
-        kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
-        t_env.from_data_stream(rankings))
-    statements.add_insert(
-        kafka_io.keyed_sink(t_env, kafka, topics.interactions, "interactions_sink"),
-        t_env.from_data_stream(rankings.get_side_output(INTERACTIONS_TAG)))
+    kafka_io.insert_routes(t_env, statements, rankings, {
+        TO_RANKINGS: kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
+        TO_INTERACTIONS: kafka_io.keyed_sink(t_env, kafka, topics.interactions,
+                                             "interactions_sink")})
     # Dead letters: bad records from parsing, plus held events the ranker could not apply.
     statements.add_insert(
         kafka_io.value_sink(t_env, kafka, topics.events_dlq, "events_dlq_sink"),

@@ -29,7 +29,8 @@ from jobs.ranking_job import check_topics, create_environment  # noqa: E402
 from jobs.runtime import prepare_process_environment  # noqa: E402
 from operators.parse import ParseEvents  # noqa: E402
 from operators.skeleton import StateTouch  # noqa: E402
-from operators.types import EVENT_TYPE, INTERACTIONS_TAG, KEYED_RECORD_TYPE  # noqa: E402
+from operators.types import (EVENT_TYPE, KEYED_RECORD_TYPE, ROUTED_RECORD_TYPE,  # noqa: E402
+                             TO_INTERACTIONS, TO_RANKINGS)
 
 def build_skeleton(env, t_env, settings: Settings) -> None:
     kafka, topics = settings.kafka, settings.kafka.topics
@@ -37,18 +38,17 @@ def build_skeleton(env, t_env, settings: Settings) -> None:
               .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
               .name("parse-events"))
     rankings = (events.key_by(lambda ev: ev[1], key_type=Types.STRING())  # by user_id
-                .process(StateTouch("ranking"), output_type=KEYED_RECORD_TYPE)
+                .process(StateTouch("ranking"), output_type=ROUTED_RECORD_TYPE)
                 .name("rank-users"))
     # the interactions topic -> item branch (keyed by item); nothing comes back by broadcast
     (kafka_io.source_stream(t_env, kafka, topics.interactions, "interactions_source")
      .key_by(lambda r: bytes(r[0]).decode("utf-8"), key_type=Types.STRING())
      .process(StateTouch("none"), output_type=KEYED_RECORD_TYPE).name("item-branch"))
     statements = t_env.create_statement_set()
-    statements.add_insert(kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
-                          t_env.from_data_stream(rankings))
-    statements.add_insert(
-        kafka_io.keyed_sink(t_env, kafka, topics.interactions, "interactions_sink"),
-        t_env.from_data_stream(rankings.get_side_output(INTERACTIONS_TAG)))
+    kafka_io.insert_routes(t_env, statements, rankings, {
+        TO_RANKINGS: kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
+        TO_INTERACTIONS: kafka_io.keyed_sink(t_env, kafka, topics.interactions,
+                                             "interactions_sink")})
     statements.attach_as_datastream()
 
 

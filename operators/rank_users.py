@@ -18,7 +18,7 @@ from operators.catalog_mirror import CatalogMirror
 from operators.common import LoggedOpen, user_ttl
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
 from operators.codecs import pack_interaction
-from operators.types import DLQ_TAG, INTERACTIONS_TAG, STATE_BYTES
+from operators.types import DLQ_TAG, STATE_BYTES, TO_INTERACTIONS, TO_RANKINGS
 from recsys import kernel, recommender, user_step
 from recsys.params import ModelParams
 from recsys.recommender import Ranked
@@ -43,9 +43,10 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
     What an event does is :mod:`recsys.user_step` (the same functions ``streamrank eval``,
     the bench's loop and chaos's reference run); this class loads the user's state, calls
     them, stores the state, arms the timers they ask for and turns their outputs into
-    records: rankings, tombstones, dead letters on the DLQ side output, and each consumed
-    item with the user's recent items on the interactions side output (to the interactions
-    topic, read by the item branch). The catalog and the item statistics arrive by broadcast
+    records: rankings and tombstones, and each consumed item with the user's recent items
+    (to the interactions topic, read by the item branch), both on the main output with their
+    route (``operators.types.ROUTED_RECORD_TYPE``); dead letters on the DLQ side output. The
+    catalog and the item statistics arrive by broadcast
     (:class:`CatalogMirror`).
 
     Coalesced rankings (``ranking.emit_window_ms`` > 0): a user's ranking falls due at the
@@ -216,13 +217,13 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
                 t0 = queued.t0
             return self._ranking(state, key, user_id, out, t0, ranked)
         if isinstance(out, Interaction):  # to the item branch, through the interactions topic
-            return INTERACTIONS_TAG, Row(out.item_id.encode("utf-8"), pack_interaction(
-                out.type, out.weight, out.ts, out.context))
+            return Row(out.item_id.encode("utf-8"), pack_interaction(
+                out.type, out.weight, out.ts, out.context), TO_INTERACTIONS)
         if isinstance(out, Reject):
             return self._dead_letter(user_id, out)
         assert isinstance(out, Tombstone)
         self.tombstones_out.inc()
-        return Row(key, None)  # compaction erases the user's ranking
+        return Row(key, None, TO_RANKINGS)  # compaction erases the user's ranking
 
     def _ranking(self, state: UserState, key: bytes, user_id: str, out: Emit, t0: float,
                  ranked: Optional[Ranked]) -> Row:
@@ -237,7 +238,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             user_id=user_id, items=items, k=self.p.k, model=self.mirror.model,
             event_ids=out.due.event_ids, event_ts=out.due.ts, emitted_ts=int(time.time() * 1000),
             catalog_size=len(cat),
-            state_digest=state.digest() if self.cfg.emit_state_digest else None))
+            state_digest=state.digest() if self.cfg.emit_state_digest else None), TO_RANKINGS)
 
     def _dead_letter(self, user_id: str, out: Reject):
         self.pending_dlq.inc()

@@ -13,7 +13,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from contracts.messages import ranking_record
 from operators.codecs import pack_interaction
-from operators.types import INTERACTIONS_TAG, STATE_BYTES
+from operators.types import STATE_BYTES, TO_INTERACTIONS, TO_RANKINGS
 
 STATE_SIZE = 2048  # bytes read and written per event and operator (a user state's order)
 
@@ -35,6 +35,7 @@ class StateTouch(KeyedProcessFunction):
             user = ev["user_id"]
             yield Row(user.encode("utf-8"), ranking_record(
                 user_id=user, items=[], k=0, model="skeleton", event_ids=[ev["event_id"]],
-                event_ts=ev["ts"], emitted_ts=int(time.time() * 1000), catalog_size=0))
-            yield INTERACTIONS_TAG, Row(ev["item_id"].encode("utf-8"), pack_interaction(
-                ev["type"], 1.0, ev["ts"], []))
+                event_ts=ev["ts"], emitted_ts=int(time.time() * 1000), catalog_size=0),
+                TO_RANKINGS)
+            yield Row(ev["item_id"].encode("utf-8"), pack_interaction(
+                ev["type"], 1.0, ev["ts"], []), TO_INTERACTIONS)
