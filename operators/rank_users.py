@@ -119,12 +119,15 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         if queued is not None:
             queued.ranked = None  # ranked before this event: no longer the state's ranking
         slot = Slot(queued.state if queued is not None else self._load())
+        due_before = getattr(slot.state, "due", None)
         now = ctx.timer_service().current_processing_time()
         incoming = Event(user_id, ev["item_id"], ev["type"], ev["ts"], ev["value"],
                          ev["event_id"] or "", ev["partition"], ev["offset"])
         for out in user_step.on_event(slot, incoming, self.catalog, self.p, self.step,
                                       self.mirror.model, now):
             yield self._record(out, slot.state, user_id, queued, t0)
+        if queued is not None and getattr(slot.state, "due", None) is not due_before:
+            queued = None  # a new due ranking: a window of its own
         self._store(ctx, user_id, slot, now, queued, t0)
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
@@ -153,6 +156,11 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
 
     def _store(self, ctx, user_id: str, slot: Slot, now: int, queued: Optional[_Queued],
                t0: float) -> None:
+        """Write the state and arm its timers; a due ranking goes into the in-memory window
+        of the timer that will emit it: ``queued``'s (the due ranking it held, extended by
+        this step) even when that window has ended and its timer not yet fired (a backlog),
+        so that the window's first timer ranks the user with the others; else the window of
+        ``now``."""
         state = slot.state
         if state is None:
             self.profile.clear()
@@ -161,9 +169,8 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         for at in set(slot.wake_at):
             ctx.timer_service().register_processing_time_timer(at)
         if isinstance(state, UserState) and state.due is not None and self.step.emit_window_ms:
-            if queued is None or queued.end <= now:
-                end = user_step.window_end(now, self.step.emit_window_ms)
-                queued = _Queued(state, end, queued.t0 if queued is not None else t0)
+            if queued is None:
+                queued = _Queued(state, user_step.window_end(now, self.step.emit_window_ms), t0)
             queued.state = state
             self._windows.setdefault(queued.end, {})[user_id] = queued
             self._queued_at[user_id] = queued.end
