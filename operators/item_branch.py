@@ -41,6 +41,11 @@ from operators.types import STATE_BYTES
 from contracts.config import RankingSettings
 
 
+# Decoded item records kept in memory (see ItemBranch._records): the items of a stream's
+# recent interactions; up to ~max_neighbours x 2 counts each.
+_RECORDS_KEPT = 4096
+
+
 def _next_boundary(now: int, interval_ms: int) -> int:
     """The first multiple of ``interval_ms`` after ``now``: the same for every item, so one
     batch covers all the items of an interval."""
@@ -81,6 +86,10 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         # where a repeated registration is harmless (one timer per key and time).
         self._armed: dict[str, int] = {}
         self._armed_counts: dict[str, int] = {}
+        # Decoded records of up to _RECORDS_KEPT items (the first written goes first), the
+        # same as their state (every write goes through _write): an interaction with one of
+        # them skips reading and decoding its state.
+        self._records: dict[str, ItemRecord] = {}
         m = OperatorMetrics(ctx)
         self.dropped = m.counter("unknown_items_dropped")
         self.malformed = m.counter("interactions_malformed")
@@ -97,20 +106,35 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         except (ValueError, IndexError, UnicodeDecodeError, TypeError):
             self.malformed.inc()  # not written by a ranker: nothing to count
             return
-        rec = ItemRecord.from_bytes(self.state.value())
+        key = ctx.get_current_key()
+        rec = self._read(key)
         updated = record_interaction(rec.log_pop, rec.count, rec.earlier, event_type, weight,
                                      ts, context, self.p, self.cfg.max_neighbours)
         if updated is None:
             return
         rec.log_pop, rec.count, changed = updated
-        key = ctx.get_current_key()
         now = now_ms()
         if rec.known:
             yield from self._queue(ctx, key, rec, changed, now)
         elif rec.due_ms == 0:  # an id not in the catalog (yet): dropped unless it arrives
             rec.due_ms = now + self.cfg.unknown_item_ttl_ms
             ctx.timer_service().register_processing_time_timer(rec.due_ms)
+        self._write(key, rec)
+
+    def _read(self, key: str) -> ItemRecord:
+        rec = self._records.get(key)
+        return rec if rec is not None else ItemRecord.from_bytes(self.state.value())
+
+    def _write(self, key: str, rec: ItemRecord) -> None:
         self.state.update(rec.to_bytes())
+        records = self._records
+        if key not in records and len(records) >= _RECORDS_KEPT:
+            del records[next(iter(records))]  # the oldest written
+        records[key] = rec
+
+    def _clear(self, key: str) -> None:
+        self.state.clear()
+        self._records.pop(key, None)
 
     # -- the catalog -------------------------------------------------------------------------
 
@@ -119,11 +143,11 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         is deleted (its record is dropped: the rankers free its row)."""
         key = ctx.get_current_key()
         if item["deleted"]:
-            self.state.clear()
+            self._clear(key)
             self._outbox.pop(key, None)
             self._whole_sent.discard(key)
             return
-        rec = ItemRecord.from_bytes(self.state.value())
+        rec = self._read(key)
         if rec.known:
             return
         rec.flags |= KNOWN
@@ -131,7 +155,7 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         self._outbox.pop(key, None)
         if rec.count > 0:
             yield self._batch([self._entry(key, rec, counts=bool(rec.earlier), now=now_ms())])
-        self.state.update(rec.to_bytes())
+        self._write(key, rec)
 
     # -- the outbox ----------------------------------------------------------------------------
 
@@ -188,7 +212,7 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         rec = ItemRecord.from_bytes(raw)
         if not rec.known:
             if rec.due_ms and timestamp >= rec.due_ms:
-                self.state.clear()
+                self._clear(key)
                 self.dropped.inc()
             return
         if rec.count > 0:
