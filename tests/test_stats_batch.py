@@ -238,3 +238,28 @@ def test_interval_zero_sends_every_interaction_at_once(monkeypatch):
     [(item_id, _, count, counts, _)] = unpack_stats_batch(rows[0][6])
     assert (item_id, count, unpack_counts(counts)) == ("a", 1.0, {"z": 1.0})
     assert not keyed.timers
+
+
+def test_the_records_kept_in_memory_are_the_state(monkeypatch):
+    """The branch reads an item's record from memory, never its state, once it has written
+    it; what it keeps must be what the state holds, deletions and evictions included."""
+    import operators.item_branch as ib
+    from recsys.item_stats import ItemRecord
+
+    monkeypatch.setattr(ib, "_RECORDS_KEPT", 2)
+    monkeypatch.setattr(ib, "now_ms", lambda: 30_100)
+    keyed = _Keyed()
+    branch = _branch(keyed)
+    for item_id in ("a", "b", "c"):
+        _known(branch, keyed, item_id)
+    for item_id, context in (("a", ["b"]), ("b", ["a"]), ("c", ["a"]), ("a", ["c"])):
+        _interaction(branch, keyed, item_id, context)
+    assert len(branch._records) == 2  # the first written went
+    for item_id, rec in branch._records.items():
+        assert ItemRecord.from_bytes(keyed.store[item_id]) == rec
+    assert ItemRecord.from_bytes(keyed.store["a"]).earlier == {"b": 1.0, "c": 1.0}
+    keyed.key = "c"
+    list(branch.process_element2({"deleted": True}, keyed))
+    assert "c" not in keyed.store and "c" not in branch._records
+    _interaction(branch, keyed, "c", ["b"])  # counted afresh, not from the dropped record
+    assert branch._records["c"].earlier == {"b": 1.0} and branch._records["c"].count == 1.0
