@@ -87,9 +87,8 @@ class CooccurrenceLists:
         """``a``'s list: ``b`` at ``total`` (gone at 0), its arrays patched or dropped."""
         nbrs = self.neighbours.get(a)
         if total <= 0:
-            if nbrs is not None:
-                nbrs.pop(b, None)
-            self._nbr_arrays.pop(a, None)
+            if nbrs is not None and nbrs.pop(b, None) is not None:
+                self._leave_arrays(a, b)
             return
         if nbrs is None:
             nbrs = self.neighbours[a] = {}
@@ -106,12 +105,31 @@ class CooccurrenceLists:
         slot = cached.slot.get(b)
         if slot is not None:  # the arrays in step with one changed count, in place
             cached.counts[slot] = total
-        elif len(nbrs) != cached.size + cached.unknown + 1:
+            if cached.dead:
+                cached.dead.discard(b)
+        elif len(nbrs) != cached.size - len(cached.dead) + cached.unknown + 1:
             self._nbr_arrays.pop(a, None)  # a known id's count, not in the arrays: rebuild
         elif b in self.row:
             cached.append(self.row[b], total, b)
         else:
             cached.unknown += 1
+
+    def _leave_arrays(self, a: str, b: str) -> None:
+        """``b`` left ``a``'s list: its slot in ``a``'s arrays stays, at count 0 (a zero adds
+        nothing to a score, a maximum or a reason), until half the slots are such."""
+        cached = self._nbr_arrays.get(a)
+        if cached is None:
+            return
+        slot = cached.slot.get(b)
+        if slot is not None:
+            cached.counts[slot] = 0.0
+            cached.dead.add(b)
+            if 2 * len(cached.dead) > cached.size:
+                del self._nbr_arrays[a]
+        elif b in self.row:  # a known id missing from the arrays: rebuild them
+            del self._nbr_arrays[a]
+        else:
+            cached.unknown -= 1
 
     def _complete_pairs(self, item_id: str) -> None:
         """A new item: build its neighbour list from the halves that counted it while it was
@@ -134,8 +152,8 @@ class CooccurrenceLists:
         self._nbr_arrays.clear()
 
     def neighbour_arrays(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, counts) of an item's known neighbours that are in the catalog, in the order
-        of its neighbour dict."""
+        """(rows, counts) of an item's known neighbours that are in the catalog, and of some
+        that have left its list, at count 0 (see :meth:`_leave_arrays`)."""
         cached = self._nbr_arrays.get(item_id)
         if cached is None:
             nbrs = self.neighbours.get(item_id, {})
@@ -151,9 +169,10 @@ class CooccurrenceLists:
 
 class _NeighbourArrays:
     """An item's neighbours as growable (rows, counts) arrays for vectorised scoring, with
-    each neighbour id's slot so that a changed count is patched in place."""
+    each neighbour id's slot so that a changed count is patched in place; ``dead``: the ids
+    whose slot stays at count 0 after they left the list (in place of a rebuild)."""
 
-    __slots__ = ("rows", "counts", "size", "slot", "unknown")
+    __slots__ = ("rows", "counts", "size", "slot", "unknown", "dead")
 
     def __init__(self, rows: np.ndarray, counts: np.ndarray, ids: list[str], unknown: int):
         self.size = len(ids)
@@ -163,6 +182,7 @@ class _NeighbourArrays:
         self.rows[: self.size], self.counts[: self.size] = rows, counts
         self.slot = {y: i for i, y in enumerate(ids)}
         self.unknown = unknown  # neighbour ids not in the catalog (not in the arrays)
+        self.dead: set[str] = set()
 
     def append(self, row: int, count: float, item_id: str) -> None:
         if self.size == self.rows.shape[0]:
