@@ -24,18 +24,7 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
     # For the rows explained by co-occurrence: the history item that contributed most (the
     # first one on ties).
     by_cooc = [r for r, b in zip(rows, best) if b == F_COOC]
-    cooc_from: dict[int, str] = {}
-    if by_cooc:
-        slot = np.full(cat.size, -1, dtype=np.int64)
-        slot[by_cooc] = np.arange(len(by_cooc))
-        top_v = np.zeros(len(by_cooc))
-        for x, nrows, part in per_item:
-            hit = slot[nrows]
-            found = hit >= 0
-            for j, v in zip(hit[found].tolist(), part[found].tolist()):
-                if v > top_v[j]:
-                    top_v[j] = v
-                    cooc_from[by_cooc[j]] = x
+    cooc_from = _cooc_sources(cat, by_cooc, per_item) if by_cooc and per_item else {}
     by_content = [r for r, b in zip(rows, best) if b == F_CONTENT] if hist_rows else []
     similar: dict[int, int] = {}
     if by_content:  # each such row's most similar recent item, from one product
@@ -59,6 +48,26 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
                 reason = "often liked together with your items"
         out.append(reason)
     return out
+
+
+def _cooc_sources(cat: CatalogIndex, by_cooc: list[int], per_item) -> dict[int, str]:
+    """For each row of ``by_cooc``, the recent item whose part in its score is the largest
+    (the first in ``per_item``'s order on ties; none without a positive part), as array
+    operations over every recent item's neighbours at once."""
+    slot = np.full(cat.size, -1, dtype=np.int64)
+    slot[by_cooc] = np.arange(len(by_cooc))
+    hit = slot[np.concatenate([nrows for _, nrows, _ in per_item])]
+    at = np.flatnonzero(hit >= 0)
+    parts = np.concatenate([part for _, _, part in per_item])[at]
+    at, parts = at[parts > 0], parts[parts > 0]
+    if not at.size:
+        return {}
+    source = np.repeat(np.arange(len(per_item)), [len(nrows) for _, nrows, _ in per_item])
+    j = hit[at]
+    order = np.lexsort((at, -parts, j))  # by row, then largest part, then first position
+    first = order[np.r_[True, j[order][1:] != j[order][:-1]]]
+    return {by_cooc[jj]: per_item[s][0] for jj, s in zip(j[first].tolist(),
+                                                         source[at[first]].tolist())}
 
 
 def cite(title: str, max_chars: int) -> str:
