@@ -1,5 +1,5 @@
-"""The ranker's windows, driven through a stand-in for PyFlink's keyed broadcast context (plain
-Python, no Flink): which users a window's first timer ranks together."""
+"""The ranker's windows, driven through a stand-in for PyFlink's keyed broadcast context
+(``tests/flink_fakes.py``, no Flink): which users a window's first timer ranks together."""
 
 from __future__ import annotations
 
@@ -11,60 +11,7 @@ import pytest
 from operators.rank_users import RankUsers
 from operators.types import TO_RANKINGS
 from recsys import recommender
-
-
-class _Value:
-    def __init__(self, ctx):
-        self.ctx = ctx
-
-    def value(self):
-        return self.ctx.store.get(self.ctx.key)
-
-    def update(self, value):
-        self.ctx.store[self.ctx.key] = value
-
-    def clear(self):
-        self.ctx.store.pop(self.ctx.key, None)
-
-
-class _Broadcast(dict):
-    def put(self, k, v):
-        self[k] = v
-
-    def put_all(self, d):
-        self.update(d)
-
-    def remove(self, k):
-        self.pop(k, None)
-
-
-class _Ctx:
-    """Keyed value state, broadcast state, processing time and timers, the current key."""
-
-    def __init__(self):
-        self.store, self.broadcast, self.timers = {}, {}, set()
-        self.key, self.now = None, 0
-
-    def get_state(self, descriptor):
-        return _Value(self)
-
-    def get_metrics_group(self):
-        raise RuntimeError("no metrics here")
-
-    def get_broadcast_state(self, descriptor):
-        return self.broadcast.setdefault(descriptor.name, _Broadcast())
-
-    def get_current_key(self):
-        return self.key
-
-    def timer_service(self):
-        return self
-
-    def current_processing_time(self):
-        return self.now
-
-    def register_processing_time_timer(self, at):
-        self.timers.add((at, self.key))
+from tests.flink_fakes import FakeContext
 
 
 def _ranker(ctx, items=8):
@@ -104,7 +51,7 @@ def test_a_user_whose_window_ended_unfired_is_ranked_with_that_window(monkeypatc
     """Backlog: a user's next event arrives after their window ended but before its timer
     fired. The user stays in that window, so its first timer ranks them with the others in
     one batch (not alone when their own timer emits), covering both events."""
-    ctx = _Ctx()
+    ctx = FakeContext()
     ranker = _ranker(ctx)
     _event(ranker, ctx, "u", "i1", "e1", now=1_005)
     _event(ranker, ctx, "v", "i2", "e2", now=1_006)
@@ -126,7 +73,7 @@ def test_a_user_whose_window_ended_unfired_is_ranked_with_that_window(monkeypatc
 
 @pytest.mark.parametrize("events", [1, 3])
 def test_every_event_is_covered_once_across_windows(events):
-    ctx = _Ctx()
+    ctx = FakeContext()
     ranker = _ranker(ctx)
     covered = []
     for w in range(4):  # events in four windows, each window's timer fired after it

@@ -9,6 +9,7 @@ from operators.catalog_mirror import CatalogMirror
 from operators.codecs import STATS, pack_stats_batch, unpack_stats_batch
 from operators.types import NEIGHBOURS_STATE, POPULARITY_STATE
 from recsys.item_stats import pack_counts, unpack_counts
+from tests.flink_fakes import FakeContext
 
 
 def test_a_batch_round_trips_with_and_without_counts():
@@ -24,29 +25,8 @@ def test_a_batch_round_trips_with_and_without_counts():
     assert unpack_stats_batch(pack_stats_batch([])) == []
 
 
-class _State(dict):
-    def put(self, k, v):
-        self[k] = v
-
-    def put_all(self, d):
-        self.update(d)
-
-    def remove(self, k):
-        self.pop(k, None)
-
-
-class _Ctx:
-    def __init__(self):
-        self.states: dict[str, _State] = {}
-        self.calls = 0
-
-    def get_broadcast_state(self, descriptor):
-        self.calls += 1
-        return self.states.setdefault(descriptor.name, _State())
-
-
 def _mirror_with(ids):
-    mirror, ctx = CatalogMirror("m", max_neighbours=10), _Ctx()
+    mirror, ctx = CatalogMirror("m", max_neighbours=10), FakeContext()
     for i, item_id in enumerate(ids):
         vec = np.zeros(8, np.float32)
         vec[i % 8] = 1.0
@@ -100,43 +80,7 @@ def test_changed_entries_merge_into_the_half_the_ranker_holds():
     assert unpack_counts(ctx.states[NEIGHBOURS_STATE.name]["a"]) == after
 
 
-# -- the item branch's outbox, timers and restore (a stand-in for PyFlink's keyed context) --
-
-class _Keyed:
-    """Keyed value state, processing-time timers and the current key, as one fake context."""
-
-    def __init__(self, store=None, timers=None):
-        self.store = {} if store is None else store
-        self.timers = set() if timers is None else timers  # (time, key): checkpointed
-        self.key = None
-
-    # RuntimeContext
-    def get_state(self, descriptor):
-        return self
-
-    def get_metrics_group(self):
-        raise RuntimeError("no metrics here")
-
-    # ValueState
-    def value(self):
-        return self.store.get(self.key)
-
-    def update(self, value):
-        self.store[self.key] = value
-
-    def clear(self):
-        self.store.pop(self.key, None)
-
-    # Context
-    def get_current_key(self):
-        return self.key
-
-    def timer_service(self):
-        return self
-
-    def register_processing_time_timer(self, at):
-        self.timers.add((at, self.key))
-
+# -- the item branch's outbox, timers and restore (a FakeContext: PyFlink's keyed context) --
 
 def _branch(keyed, interval_ms=1000, nbrs_ms=5000):
     from contracts.config import load_settings, parse_set_args
@@ -177,7 +121,7 @@ def _fire(branch, keyed, until):
 def test_one_batch_per_interval_carries_every_changed_item(monkeypatch):
     import operators.item_branch as ib
 
-    keyed = _Keyed()
+    keyed = FakeContext()
     branch = _branch(keyed)
     for item_id in ("a", "b", "c"):
         assert _known(branch, keyed, item_id) == []  # no interactions yet: nothing to send
@@ -207,7 +151,7 @@ def test_one_batch_per_interval_carries_every_changed_item(monkeypatch):
 def test_after_a_restore_the_timers_resend_what_the_lost_outbox_held(monkeypatch):
     import operators.item_branch as ib
 
-    keyed = _Keyed()
+    keyed = FakeContext()
     branch = _branch(keyed)
     for item_id in ("a", "b"):
         _known(branch, keyed, item_id)
@@ -215,7 +159,7 @@ def test_after_a_restore_the_timers_resend_what_the_lost_outbox_held(monkeypatch
     _interaction(branch, keyed, "a")
     _interaction(branch, keyed, "b", context=["a"])
     # The job fails here: state and timers come back from the checkpoint, the outbox does not.
-    restored = _Keyed(dict(keyed.store), set(keyed.timers))
+    restored = FakeContext(dict(keyed.store), set(keyed.timers))
     branch = _branch(restored)
     # b is counted again before its timer: it is in the new outbox, with this change only;
     # its counts still go whole (the rankers may lack what the lost outbox held).
@@ -230,7 +174,7 @@ def test_after_a_restore_the_timers_resend_what_the_lost_outbox_held(monkeypatch
 def test_interval_zero_sends_every_interaction_at_once(monkeypatch):
     import operators.item_branch as ib
 
-    keyed = _Keyed()
+    keyed = FakeContext()
     branch = _branch(keyed, interval_ms=0, nbrs_ms=0)
     _known(branch, keyed, "a")
     monkeypatch.setattr(ib, "now_ms", lambda: 5_000)
@@ -248,7 +192,7 @@ def test_the_records_kept_in_memory_are_the_state(monkeypatch):
 
     monkeypatch.setattr(ib, "_RECORDS_KEPT", 2)
     monkeypatch.setattr(ib, "now_ms", lambda: 30_100)
-    keyed = _Keyed()
+    keyed = FakeContext()
     branch = _branch(keyed)
     for item_id in ("a", "b", "c"):
         _known(branch, keyed, item_id)
