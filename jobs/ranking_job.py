@@ -141,8 +141,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
 
 def write_outputs(t_env: StreamTableEnvironment, settings: Settings, rankings, events, items,
                   embed_dlq) -> None:
-    """Rankings and interactions to their topics; dead letters of events (parsing, the ranker) and of items
-    (parsing, embedding) to theirs."""
+    """Rankings and interactions to their topics; dead letters of events (parsing, the
+    ranker) and of items (parsing, embedding) to theirs."""
     kafka, topics = settings.kafka, settings.kafka.topics
     statements = t_env.create_statement_set()
     kafka_io.insert_routes(t_env, statements, rankings, {

@@ -206,10 +206,7 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
             self._carriers.discard((timestamp, key))
         if carrier or key in self._sent[1] or key in self._outbox:
             return
-        raw = self.state.value()
-        if raw is None:
-            return
-        rec = ItemRecord.from_bytes(raw)
+        rec = self._read(key)  # (no state: an empty record, neither known nor due)
         if not rec.known:
             if rec.due_ms and timestamp >= rec.due_ms:
                 self._clear(key)
