@@ -14,17 +14,17 @@ from recsys.user_state import UserState
 
 
 def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequence[int],
-                 feats: np.ndarray, w: np.ndarray, per_item) -> list[str]:
+                 feats: np.ndarray, w: np.ndarray, pieces) -> list[str]:
     """A short reason per ranked row, from the signal that contributed most to its score.
-    ``feats``: the rows' feature vectors, in the order of ``rows``. ``per_item``: the
-    co-occurrence contributions, (recent item, rows, parts) per recent item
-    (``scoring.cooc_pieces``)."""
+    ``feats``: the rows' feature vectors, in the order of ``rows``. ``pieces``: the
+    co-occurrence contributions (``scoring.CoocPieces``), or None."""
     hist_rows = [cat.row[x] for x in state.history if x in cat.row and not cat.is_deleted(x)]
     best = np.argmax(feats * w, axis=1).tolist() if len(feats) else []
     # For the rows explained by co-occurrence: the history item that contributed most (the
     # first one on ties).
     by_cooc = [r for r, b in zip(rows, best) if b == F_COOC]
-    cooc_from = _cooc_sources(cat, by_cooc, per_item) if by_cooc and per_item else {}
+    cooc_from = (_cooc_sources(cat, by_cooc, pieces) if by_cooc and pieces is not None
+                 and pieces.items else {})
     by_content = [r for r, b in zip(rows, best) if b == F_CONTENT] if hist_rows else []
     similar: dict[int, int] = {}
     if by_content:  # each such row's most similar recent item, from one product
@@ -50,24 +50,24 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
     return out
 
 
-def _cooc_sources(cat: CatalogIndex, by_cooc: list[int], per_item) -> dict[int, str]:
+def _cooc_sources(cat: CatalogIndex, by_cooc: list[int], pieces) -> dict[int, str]:
     """For each row of ``by_cooc``, the recent item whose part in its score is the largest
-    (the first in ``per_item``'s order on ties; none without a positive part), as array
+    (the first in ``pieces``' order on ties; none without a positive part), as array
     operations over every recent item's neighbours at once."""
     slot = np.full(cat.size, -1, dtype=np.int64)
     slot[by_cooc] = np.arange(len(by_cooc))
-    hit = slot[np.concatenate([nrows for _, nrows, _ in per_item])]
+    hit = slot[pieces.rows]
     at = np.flatnonzero(hit >= 0)
-    parts = np.concatenate([part for _, _, part in per_item])[at]
+    parts = pieces.parts[at]
     at, parts = at[parts > 0], parts[parts > 0]
     if not at.size:
         return {}
-    source = np.repeat(np.arange(len(per_item)), [len(nrows) for _, nrows, _ in per_item])
+    source = np.repeat(np.arange(len(pieces.items)), pieces.sizes)
     j = hit[at]
     order = np.lexsort((at, -parts, j))  # by row, then largest part, then first position
     first = order[np.r_[True, j[order][1:] != j[order][:-1]]]
-    return {by_cooc[jj]: per_item[s][0] for jj, s in zip(j[first].tolist(),
-                                                         source[at[first]].tolist())}
+    return {by_cooc[jj]: pieces.items[s] for jj, s in zip(j[first].tolist(),
+                                                          source[at[first]].tolist())}
 
 
 def cite(title: str, max_chars: int) -> str:

@@ -38,17 +38,16 @@ from recsys.user_state import UserState
 def cooc_scores(state: UserState, cat: CatalogIndex, p: ModelParams,
                 contributions: bool = False):
     """Co-occurrence score of every catalog row with the user's recent history (and, with
-    ``contributions``, the (item, rows, parts) pieces it is summed from)."""
+    ``contributions``, the :class:`scoring.CoocPieces` it is summed from)."""
     n = cat.size
-    items, rows_l, parts_l = scoring.cooc_pieces(state, cat, p)
-    if rows_l:  # one scatter-add for the whole history (np.add.at per item is ~10x slower)
-        rows = np.concatenate(rows_l)
-        scores = np.bincount(rows, weights=np.concatenate(parts_l), minlength=n)[:n]
-        hit = np.unique(rows)  # normalise only the rows that co-occur (the rest stay 0)
+    pieces = scoring.cooc_pieces(state, cat, p)
+    if pieces.items:  # one scatter-add for the whole history (np.add.at per item is ~10x slower)
+        scores = np.bincount(pieces.rows, weights=pieces.parts, minlength=n)[:n]
+        hit = np.unique(pieces.rows)  # normalise only the rows that co-occur (the rest stay 0)
         scores[hit] /= np.sqrt(np.maximum(cat.counts()[hit], 1.0))
     else:
         scores = np.zeros(n)
-    return (scores, list(zip(items, rows_l, parts_l))) if contributions else scores
+    return (scores, pieces) if contributions else scores
 
 
 def features(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
@@ -177,8 +176,7 @@ def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: Mod
                          axis=1).astype(np.float64)
         reasons = [""] * len(rows)
         if explain and len(rows):
-            reasons = explain_rows(st, cat, p, rows.tolist(), feats, w[u],
-                                   list(zip(*pieces[u])))
+            reasons = explain_rows(st, cat, p, rows.tolist(), feats, w[u], pieces[u])
         out.append(Ranked(rows.tolist(), scores[u, rows].tolist(), reasons, feats,
                           float(tops[u])))
     return out
@@ -193,9 +191,9 @@ def rank_one(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     content scores of every row (exact only)."""
     if cat.size == 0:
         return Ranked([], [], [])
-    per_item = None
+    pieces = None
     if explain:  # one co-occurrence pass serves both the scores and the reasons
-        cooc, per_item = cooc_scores(state, cat, p, contributions=True)
+        cooc, pieces = cooc_scores(state, cat, p, contributions=True)
     elif cooc is None:
         cooc = cooc_scores(state, cat, p)
     if exact is None:
@@ -213,7 +211,7 @@ def rank_one(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     picked = diversity.mmr(scores[pool], cat.live_matrix()[pool_rows], p.k, p.mmr_lambda)
     rows = [int(pool_rows[i]) for i in picked]
     at = [int(pool[i]) for i in picked]  # the same rows' positions in feats/scores
-    reasons = (explain_rows(state, cat, p, rows, feats[at], w, per_item) if explain
+    reasons = (explain_rows(state, cat, p, rows, feats[at], w, pieces) if explain
                else [""] * len(rows))
     return Ranked(rows, [float(scores[i]) for i in at], reasons, feats[at],
                   float(cooc.max()) if cooc.size else 0.0)

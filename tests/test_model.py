@@ -249,6 +249,7 @@ def test_the_cited_recent_item_is_the_largest_part_first_on_ties():
     (the first of them on ties, none without a positive part): the array version against the
     plain loop it replaced, on random neighbour lists with many ties."""
     from recsys.explain import _cooc_sources
+    from recsys.scoring import CoocPieces
 
     class _Cat:
         size = 200
@@ -268,4 +269,5 @@ def test_the_cited_recent_item_is_the_largest_part_first_on_ties():
         for i in range(int(rng.integers(1, 12))):
             rows = rng.choice(200, size=int(rng.integers(0, 40)), replace=False)
             per_item.append((f"x{i}", rows, rng.choice([0.0, 0.25, 0.5, 1.0], size=rows.size)))
-        assert _cooc_sources(_Cat(), by_cooc, per_item) == reference(by_cooc, per_item)
+        assert _cooc_sources(_Cat(), by_cooc, CoocPieces.of(per_item)) == \
+            reference(by_cooc, per_item)
