@@ -124,19 +124,29 @@ class FlinkRest:
         return f"{self.rest}/#/job/running/{job_id}/overview"
 
     def stop_with_savepoint(self, job_id: str, target_dir: str, wait_s: float = 120) -> str:
-        """Stop the job with a savepoint (Kafka transactions committed); returns its path."""
+        """Stop the job with a savepoint (Kafka transactions committed); returns its path once
+        the job has stopped (the savepoint completes a moment before the job leaves RUNNING:
+        a job started from it right away could find the old one still holding its slots)."""
         trigger = self._post(f"/jobs/{job_id}/stop",
                              {"targetDirectory": target_dir, "drain": False})["request-id"]
         deadline = time.monotonic() + wait_s
+        location = None
         while time.monotonic() < deadline:
-            st = self._get(f"/jobs/{job_id}/savepoints/{trigger}")
-            if st["status"]["id"] == "COMPLETED":
-                op = st.get("operation", {})
-                if "location" in op:
-                    return op["location"]
-                raise ClusterError(f"savepoint failed: {op.get('failure-cause')}")
+            if location is None:
+                st = self._get(f"/jobs/{job_id}/savepoints/{trigger}")
+                if st["status"]["id"] == "COMPLETED":
+                    op = st.get("operation", {})
+                    if "location" not in op:
+                        raise ClusterError(f"savepoint failed: {op.get('failure-cause')}")
+                    location = op["location"]
+            if location is not None and self.job_state(job_id) in ("FINISHED", "CANCELED",
+                                                                   "FAILED"):
+                return location
             time.sleep(0.5)
-        raise ClusterError(f"savepoint of {job_id} not complete after {wait_s:.0f}s")
+        if location is None:
+            raise ClusterError(f"savepoint of {job_id} not complete after {wait_s:.0f}s")
+        raise ClusterError(f"savepoint {location} taken, but job {job_id} still "
+                           f"{self.job_state(job_id)} after {wait_s:.0f}s")
 
     def cancel(self, job_id: str) -> None:
         req = urllib.request.Request(f"{self.rest}/jobs/{job_id}?mode=cancel", method="PATCH")
