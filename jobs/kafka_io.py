@@ -15,6 +15,7 @@ from pyflink.table import StreamTableEnvironment
 
 from contracts.config import KafkaSettings
 from contracts.kafka_clients import connector_options
+from operators.types import TO_INTERACTIONS, TO_RANKINGS
 
 
 def _quote(value: str) -> str:
@@ -93,15 +94,21 @@ def keyed_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
     return table
 
 
-def insert_routes(t_env: StreamTableEnvironment, statements, stream: DataStream,
-                  sinks: dict[int, str]) -> None:
-    """Add to ``statements`` one insert per route: the ``(k, v)`` of the rows of ``stream``
-    (``operators.types.ROUTED_RECORD_TYPE``) whose ``route`` is the key of ``sinks``, into
-    that sink table. The split is a Table filter: Java code, no Python call per record."""
+def insert_ranker_outputs(t_env: StreamTableEnvironment, statements, stream: DataStream,
+                          kafka: KafkaSettings) -> None:
+    """Add to ``statements`` the ranker's two outputs: the ``(k, v)`` of the rows of
+    ``stream`` (``operators.types.ROUTED_RECORD_TYPE``) routed ``TO_RANKINGS`` into the
+    rankings topic and those routed ``TO_INTERACTIONS`` into the interactions topic. The split
+    is a Table filter: Java code, no Python call per record. The job and its skeleton both
+    call it, so the skeleton keeps the job's sinks."""
     from pyflink.table.expressions import col
 
     table = t_env.from_data_stream(stream)
-    for route, sink in sinks.items():
+    topics = kafka.topics
+    for route, sink in ((TO_RANKINGS, keyed_sink(t_env, kafka, topics.rankings,
+                                                 "rankings_sink")),
+                        (TO_INTERACTIONS, keyed_sink(t_env, kafka, topics.interactions,
+                                                     "interactions_sink"))):
         statements.add_insert(sink, table.where(col("route") == route)
                               .select(col("k"), col("v")))
 

@@ -40,8 +40,6 @@ from operators.types import (  # noqa: E402
     NEIGHBOURS_STATE,
     POPULARITY_STATE,
     ROUTED_RECORD_TYPE,
-    TO_INTERACTIONS,
-    TO_RANKINGS,
     VALUE_RECORD_TYPE,
 )
 from contracts.config import Settings, load_settings, parse_set_args  # noqa: E402
@@ -145,10 +143,7 @@ def write_outputs(t_env: StreamTableEnvironment, settings: Settings, rankings, e
     ranker) and of items (parsing, embedding) to theirs."""
     kafka, topics = settings.kafka, settings.kafka.topics
     statements = t_env.create_statement_set()
-    kafka_io.insert_routes(t_env, statements, rankings, {
-        TO_RANKINGS: kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
-        TO_INTERACTIONS: kafka_io.keyed_sink(t_env, kafka, topics.interactions,
-                                             "interactions_sink")})
+    kafka_io.insert_ranker_outputs(t_env, statements, rankings, kafka)
     # Dead letters: bad records from parsing, plus held events the ranker could not apply.
     statements.add_insert(
         kafka_io.value_sink(t_env, kafka, topics.events_dlq, "events_dlq_sink"),

@@ -29,8 +29,7 @@ from jobs.ranking_job import check_topics, create_environment  # noqa: E402
 from jobs.runtime import prepare_process_environment  # noqa: E402
 from operators.parse import ParseEvents  # noqa: E402
 from operators.skeleton import StateTouch  # noqa: E402
-from operators.types import (EVENT_TYPE, KEYED_RECORD_TYPE, ROUTED_RECORD_TYPE,  # noqa: E402
-                             TO_INTERACTIONS, TO_RANKINGS)
+from operators.types import EVENT_TYPE, KEYED_RECORD_TYPE, ROUTED_RECORD_TYPE  # noqa: E402
 
 def build_skeleton(env, t_env, settings: Settings) -> None:
     kafka, topics = settings.kafka, settings.kafka.topics
@@ -45,10 +44,7 @@ def build_skeleton(env, t_env, settings: Settings) -> None:
      .key_by(lambda r: bytes(r[0]).decode("utf-8"), key_type=Types.STRING())
      .process(StateTouch("none"), output_type=KEYED_RECORD_TYPE).name("item-branch"))
     statements = t_env.create_statement_set()
-    kafka_io.insert_routes(t_env, statements, rankings, {
-        TO_RANKINGS: kafka_io.keyed_sink(t_env, kafka, topics.rankings, "rankings_sink"),
-        TO_INTERACTIONS: kafka_io.keyed_sink(t_env, kafka, topics.interactions,
-                                             "interactions_sink")})
+    kafka_io.insert_ranker_outputs(t_env, statements, rankings, kafka)
     statements.attach_as_datastream()
 
 

@@ -109,8 +109,8 @@ class CooccurrenceLists:
                 cached.dead.discard(b)
         elif len(nbrs) != cached.size - len(cached.dead) + cached.unknown + 1:
             self._nbr_arrays.pop(a, None)  # a known id's count, not in the arrays: rebuild
-        elif b in self.row:
-            cached.append(self.row[b], total, b)
+        elif (rb := self.row.get(b)) is not None:
+            cached.append(rb, total, b)
         else:
             cached.unknown += 1
 

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from contracts.config import Settings
+from streamrank.flink_rest import TERMINAL_STATES
 from streamrank.progress import say
 
 
@@ -58,7 +59,7 @@ class ClusterJob:
             return
         self._checked = time.monotonic()
         state = self.cluster.job_state(self.job_id)
-        if state in ("FAILED", "CANCELED", "FINISHED", "FAILING"):
+        if state in TERMINAL_STATES or state == "FAILING":
             raise RuntimeError(f"job {self.job_id} is {state}; logs in {self.cluster.root}/log")
 
     def stop(self) -> None:

@@ -10,6 +10,10 @@ import urllib.request
 from dataclasses import dataclass
 
 
+# Job states a job does not leave (it has stopped, one way or another).
+TERMINAL_STATES = ("FINISHED", "CANCELED", "FAILED")
+
+
 class ClusterError(RuntimeError):
     pass
 
@@ -97,7 +101,7 @@ class FlinkRest:
                 state = self.job_state(job_id)
                 if state == "RUNNING" and self.running_since(job_id):
                     return
-                if state in ("FAILED", "CANCELED", "FINISHED"):
+                if state in TERMINAL_STATES:
                     break
             except (OSError, ValueError, KeyError):
                 pass
@@ -139,8 +143,7 @@ class FlinkRest:
                     if "location" not in op:
                         raise ClusterError(f"savepoint failed: {op.get('failure-cause')}")
                     location = op["location"]
-            if location is not None and self.job_state(job_id) in ("FINISHED", "CANCELED",
-                                                                   "FAILED"):
+            if location is not None and self.job_state(job_id) in TERMINAL_STATES:
                 return location
             time.sleep(0.5)
         if location is None:
