@@ -40,9 +40,10 @@ VALUE_RECORD_TYPE = Types.ROW_NAMED(["v"], [BYTES])
 # The ranker's output: records for two topics, ``route`` saying which (``TO_RANKINGS``: key
 # the user id, value the ranking, or null; ``TO_INTERACTIONS``: for the item branch, key the
 # item id, value ``codecs.pack_interaction``), split by a Table filter in Java
-# (``kafka_io.insert_routes``). Not a side output for the interactions: in thread mode a side
-# output record runs the chained sink's Java code while the operator holds the GIL, which
-# every Python operator of the TaskManager waits on (4% of the GIL's time, py-spy --gil).
+# (``kafka_io.insert_ranker_outputs``). Not a side output for the interactions: in thread
+# mode a side output record runs the chained sink's Java code while the operator holds the
+# GIL, which every Python operator of the TaskManager waits on (4% of the GIL's time,
+# py-spy --gil).
 ROUTED_RECORD_TYPE = Types.ROW_NAMED(["k", "v", "route"], [BYTES, BYTES, Types.INT()])
 TO_RANKINGS, TO_INTERACTIONS = 0, 1
 
