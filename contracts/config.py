@@ -50,6 +50,7 @@ class KafkaSettings:
     transactional_id_prefix: str
     transaction_timeout_ms: int
     replication_factor: int
+    interactions_fetch_wait_ms: int
     properties: Mapping[str, Any]
 
 

@@ -17,6 +17,9 @@ from contracts.config import KafkaSettings
 from contracts.kafka_clients import connector_options
 from operators.types import TO_INTERACTIONS, TO_RANKINGS
 
+# What a fetch of a source with a fetch wait waits for (see source_stream).
+FETCH_BATCH_BYTES = 65_536
+
 
 def _quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
@@ -28,9 +31,10 @@ def sql_options(options: dict) -> str:
 
 
 def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
-                  table: str) -> DataStream:
+                  table: str, fetch_wait_ms: int = 0) -> DataStream:
     """A DataStream of rows ``(key, value, topic, partition, offset, ts)`` read from ``topic``;
-    key and value are raw bytes (either may be null)."""
+    key and value are raw bytes (either may be null). ``fetch_wait_ms`` > 0: each fetch waits
+    that long for 64 KiB of records (for a topic whose latency does not matter)."""
     options = {
         "connector": "kafka",
         "topic": topic,
@@ -47,6 +51,9 @@ def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: st
         "value.fields-include": "EXCEPT_KEY",
         **connector_options(kafka.properties),
     }
+    if fetch_wait_ms > 0:
+        options.update({"properties.fetch.min.bytes": str(FETCH_BATCH_BYTES),
+                        "properties.fetch.max.wait.ms": str(fetch_wait_ms)})
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE `{table}` (
           `key` BYTES,

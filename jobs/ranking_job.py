@@ -117,7 +117,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     # statistics and co-occurrence counts of catalog items to the rankers. A topic closes
     # the loop because a DataStream cannot.
     interactions = kafka_io.source_stream(t_env, kafka, topics.interactions,
-                                          "interactions_source")
+                                          "interactions_source",
+                                          kafka.interactions_fetch_wait_ms)
     item_stats = (
         interactions.key_by(lambda r: bytes(r[0]).decode("utf-8"), key_type=Types.STRING())
         .connect(items.key_by(lambda it: it["item_id"], key_type=Types.STRING()))
