@@ -120,6 +120,25 @@ def test_cache_held_by_another_process_opens_read_only(tmp_path):
         holder.close()
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("config", ["", '{"raw_mode":true,"prefix_extractors":{}}'])
+def test_cache_opens_after_its_mode_file_was_clobbered(tmp_path, config):
+    """Two processes opening the cache at once can leave rocksdict's mode file empty or
+    naming raw mode (then rocksdict refuses the store): the cache repairs it and keeps its
+    vectors."""
+    from udfs.embedding import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path / "c")
+    cache.put("m", "t", np.arange(3, dtype=np.float32))
+    cache.close()
+    (tmp_path / "c" / "rocksdict-config.json").write_text(config)
+    cache = EmbeddingCache(tmp_path / "c")
+    try:
+        assert cache.get("m", "t").tolist() == [0.0, 1.0, 2.0]
+    finally:
+        cache.close()
+
+
 def test_a_model_that_cannot_be_loaded_gives_a_clear_error(tmp_path):
     (tmp_path / "not-a-model").mkdir()
     emb = CachedEmbedder(str(tmp_path / "not-a-model"), cache_dir=tmp_path / "c", device="cpu")

@@ -137,6 +137,29 @@ def cache_key(model_id: str, text: str) -> bytes:
     return hashlib.sha256(model_id.encode("utf-8") + b"\x00" + text.encode("utf-8")).digest()
 
 
+# rocksdict keeps the store's mode in this file and rewrites it at every open. A process
+# that opens the store while another rewrites it reads it empty, takes the store for a raw
+# one, fails on the comparator, and records raw mode: every later open then fails too (seen
+# with two evals started together). The cache never uses raw mode.
+_RDICT_CONFIG = ("rocksdict-config.json", '{"raw_mode":false,"prefix_extractors":{}}')
+
+
+def _open_rdict(path: str, **kwargs):
+    """``Rdict(path, **kwargs)``, repairing the mode file once if it names the wrong mode."""
+    from rocksdict import Rdict
+
+    try:
+        return Rdict(path, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - rocksdict raises bare exceptions
+        if "comparator" not in str(exc):
+            raise
+        name, content = _RDICT_CONFIG
+        log.warning("embedding cache %s: %s names the wrong store mode (%s); repairing it",
+                    path, name, exc)
+        Path(path, name).write_text(content)
+        return Rdict(path, **kwargs)
+
+
 class _SharedStore:
     """RocksDB allows one open handle per directory per process; operators running as threads
     in one TaskManager (thread mode) share it through this ref-counted registry."""
@@ -148,20 +171,20 @@ class _SharedStore:
     def acquire(cls, path: str):
         """The store at ``path``; read-only when another process holds it (e.g. `eval` while
         the job runs): lookups work, new vectors are then not persisted."""
-        from rocksdict import AccessType, Rdict
+        from rocksdict import AccessType
 
         with cls._lock:
             entry = cls._open.get(path)
             if entry is None:
                 os.makedirs(path, exist_ok=True)
                 try:
-                    db = Rdict(path)
+                    db = _open_rdict(path)
                 except Exception as exc:  # rocksdict raises a bare Exception for the lock
                     if "lock" not in str(exc).lower():
                         raise
                     log.warning("embedding cache %s is in use by another process; opening "
                                 "it read-only (new embeddings will not be cached)", path)
-                    entry = [Rdict(path, access_type=AccessType.read_only()), 0, True]
+                    entry = [_open_rdict(path, access_type=AccessType.read_only()), 0, True]
                 else:
                     entry = [db, 0, False]
                 cls._open[path] = entry
