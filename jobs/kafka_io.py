@@ -10,7 +10,7 @@ The tables are converted to/from DataStreams, so the topology itself is DataStre
 
 from __future__ import annotations
 
-from pyflink.datastream import DataStream
+from pyflink.datastream import DataStream, KeyedStream
 from pyflink.table import StreamTableEnvironment
 
 from contracts.config import KafkaSettings
@@ -30,11 +30,11 @@ def sql_options(options: dict) -> str:
     return ",\n  ".join(f"{_quote(k)} = {_quote(v)}" for k, v in options.items())
 
 
-def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
-                  table: str, fetch_wait_ms: int = 0) -> DataStream:
-    """A DataStream of rows ``(key, value, topic, partition, offset, ts)`` read from ``topic``;
-    key and value are raw bytes (either may be null). ``fetch_wait_ms`` > 0: each fetch waits
-    that long for 64 KiB of records (for a topic whose latency does not matter)."""
+def source_table(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
+                 table: str, fetch_wait_ms: int = 0) -> None:
+    """Register ``table``: the rows ``(key, value, topic, partition, offset, ts)`` of
+    ``topic``, key and value raw bytes (either may be null). ``fetch_wait_ms`` > 0: each fetch
+    waits that long for 64 KiB of records (for a topic whose latency does not matter)."""
     options = {
         "connector": "kafka",
         "topic": topic,
@@ -65,7 +65,39 @@ def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: st
         ) WITH (
           {sql_options(options)}
         )""")
+
+
+def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
+                  table: str, fetch_wait_ms: int = 0) -> DataStream:
+    """A DataStream of the rows of :func:`source_table`."""
+    source_table(t_env, kafka, topic, table, fetch_wait_ms)
     return t_env.to_data_stream(t_env.from_path(table))
+
+
+def keyed_by_record_key(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
+                        table: str, fetch_wait_ms: int = 0) -> KeyedStream:
+    """The rows ``(key, value, topic, partition, offset)`` of :func:`source_table` keyed by
+    their record key decoded as UTF-8 (a null key as ''), the keying done in Java. PyFlink's
+    ``key_by`` calls a Python function per record, in the source's own thread: one more
+    thread taking the interpreter's lock per record, which costs the job's Python operators,
+    all serialised on that lock, more than the call itself (and a null key failed it). The
+    same shape ``key_by`` builds: (key, row) rows keyed on the first field by PyFlink's
+    ``KeyByKeySelector``."""
+    from pyflink.common import Types
+    from pyflink.java_gateway import get_gateway
+
+    source_table(t_env, kafka, topic, table, fetch_wait_ms)
+    raw = Types.PRIMITIVE_ARRAY(Types.BYTE())
+    row_type = Types.ROW([raw, raw, Types.STRING(), Types.INT(), Types.LONG()])
+    # (to_append_stream, not to_data_stream: PyFlink's keyed operators take a RowTypeInfo)
+    with_key = t_env.to_append_stream(t_env.sql_query(
+        f"SELECT COALESCE(CAST(`key` AS STRING), '') AS k, "
+        f"ROW(`key`, `value`, `topic`, `partition`, `offset`) AS r FROM `{table}`"),
+        Types.ROW([Types.STRING(), row_type]))
+    selector = get_gateway().jvm.org.apache.flink.streaming.api.functions.python \
+        .KeyByKeySelector()
+    return KeyedStream(with_key._j_data_stream.keyBy(
+        selector, Types.ROW([Types.STRING()]).get_java_type_info()), row_type, with_key)
 
 
 def _sink_options(kafka: KafkaSettings, topic: str, sink_name: str) -> dict:

@@ -116,12 +116,11 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     # items, written by the rankers below) and the catalog, keyed by item; it broadcasts the
     # statistics and co-occurrence counts of catalog items to the rankers. A topic closes
     # the loop because a DataStream cannot.
-    interactions = kafka_io.source_stream(t_env, kafka, topics.interactions,
-                                          "interactions_source",
-                                          kafka.interactions_fetch_wait_ms)
+    interactions = kafka_io.keyed_by_record_key(t_env, kafka, topics.interactions,
+                                                "interactions_source",
+                                                kafka.interactions_fetch_wait_ms)
     item_stats = (
-        interactions.key_by(lambda r: bytes(r[0]).decode("utf-8"), key_type=Types.STRING())
-        .connect(items.key_by(lambda it: it["item_id"], key_type=Types.STRING()))
+        interactions.connect(items.key_by(lambda it: it["item_id"], key_type=Types.STRING()))
         .process(ItemBranch(settings.ranking), output_type=CATALOG_UPDATE_TYPE)
         .name("item-branch").uid("item-branch")
     )

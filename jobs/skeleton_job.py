@@ -40,9 +40,8 @@ def build_skeleton(env, t_env, settings: Settings) -> None:
                 .process(StateTouch("ranking"), output_type=ROUTED_RECORD_TYPE)
                 .name("rank-users"))
     # the interactions topic -> item branch (keyed by item); nothing comes back by broadcast
-    (kafka_io.source_stream(t_env, kafka, topics.interactions, "interactions_source",
-                            kafka.interactions_fetch_wait_ms)
-     .key_by(lambda r: bytes(r[0]).decode("utf-8"), key_type=Types.STRING())
+    (kafka_io.keyed_by_record_key(t_env, kafka, topics.interactions, "interactions_source",
+                                  kafka.interactions_fetch_wait_ms)
      .process(StateTouch("none"), output_type=KEYED_RECORD_TYPE).name("item-branch"))
     statements = t_env.create_statement_set()
     kafka_io.insert_ranker_outputs(t_env, statements, rankings, kafka)

@@ -330,6 +330,10 @@ def test_poison_records_never_restart_the_job(job):
         send(producer, settings, [event("lf2-1", "longfan2", "long-title", "like"),
                                   event("lf2-2", "longfan2", "hor5", "like")])
         cooc_sent = time.monotonic()
+        # Junk on the job's own interactions topic (any client can write there): a null key,
+        # a key that is not UTF-8, a value no ranker wrote. Skipped by the item branch.
+        for key, value in ((None, b"junk"), (b"\xff\xfe", b"junk"), (b"hor1", b"\x00" * 3)):
+            producer.send(topics.interactions, key=key, value=value)
         expected: dict[int, str] = {}  # events offset -> reason
         valid = []
         for i, (payload, reason) in enumerate(POISON):
