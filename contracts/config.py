@@ -131,6 +131,7 @@ class RankingSettings:
     max_centroids: int
     centroid_open_threshold: float
     history_size: int
+    cooc_context_size: int
     history_decay: float
     max_neighbours: int
     cooc_positive_only: bool

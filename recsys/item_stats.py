@@ -102,10 +102,13 @@ def record_interaction(log_pop: float, count: float, earlier: dict[str, float],
     return log_pop, count + 1.0, changed
 
 
-def cooc_context(history: Sequence[str], item_id: str) -> list[str]:
-    """The items one interaction co-occurs with: the user's recent items but itself. Counted
-    under ``item_id`` only (see ``CatalogIndex.set_cooccurrence``)."""
-    return [x for x in history if x != item_id]
+def cooc_context(history: Sequence[str], item_id: str, size: int) -> list[str]:
+    """The items one interaction co-occurs with: the user's ``size`` most recent items but
+    itself (``ranking.cooc_context_size``), oldest first. Counted under ``item_id`` only (see
+    ``CatalogIndex.set_cooccurrence``)."""
+    if size <= 0:
+        return []
+    return [x for x in history if x != item_id][-size:]
 
 
 def cooc_add(counts: dict[str, float], neighbour: str, max_neighbours: int) -> None:

@@ -27,6 +27,7 @@ class ModelParams:
     popularity_half_life_ms: float
     history_size: int
     history_decay: float
+    cooc_context_size: int
     fusion_weights: tuple
     learning_rate: float
     content_signal: bool
@@ -61,6 +62,7 @@ class ModelParams:
             half_life_ms=r.half_life_hours * ranking.MS_PER_HOUR,
             popularity_half_life_ms=r.popularity_half_life_hours * ranking.MS_PER_HOUR,
             history_size=r.history_size, history_decay=r.history_decay,
+            cooc_context_size=r.cooc_context_size,
             fusion_weights=tuple(float(r.fusion_weights[f]) for f in fusion.FEATURES),
             learning_rate=r.learning_rate, content_signal=r.content_signal, l2=r.l2,
             mmr_lambda=r.mmr_lambda,

@@ -96,8 +96,8 @@ class Tombstone:
 class Interaction:
     """A consumed item, for the item statistics and co-occurrence counts (the job's
     keyed-by-item branch, or ``item_stats.InlineItemStats``): the event's item, type, weight
-    and time, and its co-occurrence context (``item_stats.cooc_context``: the user's recent
-    items before it but itself, oldest first)."""
+    and time, and its co-occurrence context (``item_stats.cooc_context``: the user's
+    ``ranking.cooc_context_size`` most recent items before it but itself, oldest first)."""
 
     item_id: str
     type: str
@@ -158,7 +158,7 @@ def on_event(slot: Slot, ev: Event, cat: CatalogIndex, p: ModelParams, cfg: Step
         return
     if p.counts_as_consumption(ev.type, weight):  # known or not: the item branch counts both
         yield Interaction(ev.item_id, ev.type, weight, ev.ts,
-                          cooc_context(state.history, ev.item_id))
+                          cooc_context(state.history, ev.item_id, p.cooc_context_size))
     if recommender.observe(state, cat, p, ev.item_id, weight, ev.ts, cooc=cooc):
         yield from make_due(slot, ev.event_id or "", ev.ts, cfg, now_ms)
     elif state.add_pending(held(ev, weight, now_ms), p.max_pending):

@@ -43,7 +43,7 @@ def replay(settings, p: ModelParams, items: list, events: list):
         w = p.weight(ev["type"], ev.get("value"))
         rec = records[item]
         out = record_interaction(rec.log_pop, rec.count, rec.earlier, ev["type"], w, ev["ts"],
-                                 cooc_context(histories[user], item), p,
+                                 cooc_context(histories[user], item, p.cooc_context_size), p,
                                  settings.ranking.max_neighbours)
         if out is not None:
             rec.log_pop, rec.count, changed = out

@@ -101,7 +101,9 @@ def test_metrics_worked_examples():
 
 
 def test_cooc_context_and_bounded_counts():
-    assert item_stats.cooc_context(["a", "b", "c"], "c") == ["a", "b"]
+    assert item_stats.cooc_context(["a", "b", "c"], "c", 10) == ["a", "b"]
+    assert item_stats.cooc_context(["a", "b", "c", "d"], "b", 2) == ["c", "d"], "the latest"
+    assert item_stats.cooc_context(["a", "b"], "c", 0) == []
     counts = {}
     for y in ["x"] * 5 + ["y"] * 3 + list("abcdefg"):
         item_stats.cooc_add(counts, y, max_neighbours=3)
