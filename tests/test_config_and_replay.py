@@ -73,3 +73,16 @@ def test_movielens_layout_to_items_and_time_ordered_events(tmp_path):
     assert events[0] == {"event_id": "t-1", "user_id": "2", "item_id": "1", "type": "rating",
                          "value": 5.0, "ts": 100_000}
     assert len(read_events(tmp_path, limit=2)) == 2
+
+
+def test_bundle_settings_reach_process_mode_only():
+    """Thread mode finishes no bundles, but PyFlink still wakes every Python operator at the
+    bundle time: the job passes a long period there, the configured one in process mode."""
+    from jobs.runtime import THREAD_MODE_BUNDLE_CHECK_MS, flink_configuration
+
+    for mode, want in (("thread", str(THREAD_MODE_BUNDLE_CHECK_MS)), ("process", "5")):
+        conf = flink_configuration(load_settings(
+            overrides={"flink.python_execution_mode": mode,
+                       "flink.python_bundle_time_ms": 5}, environ={}))
+        assert conf["python.fn-execution.bundle.time"] == want, mode
+        assert conf["python.execution-mode"] == mode
