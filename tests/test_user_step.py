@@ -122,7 +122,8 @@ def test_forget_emits_the_due_ranking_then_a_tombstone_and_refuses_older_events(
     assert [(o.reason) for o in late] == ["user_forgotten"]
     fresh = Slot(slot.state)
     assert step(fresh, ev("i2", 3, ts=2_500), cat) == []
-    assert fresh.new_user and list(fresh.state.seen) == list(item_keys(["i2"])) and fresh.state.n_events == 1
+    assert fresh.new_user and fresh.state.n_events == 1
+    assert list(fresh.state.seen) == list(item_keys(["i2"]))
     gone = Slot(slot.state)
     list(on_timer(gone, cat, P, CFG, "m", 150 + CFG.forget_memory_ms))
     assert gone.state is None
