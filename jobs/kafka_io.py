@@ -17,7 +17,7 @@ from contracts.config import KafkaSettings
 from contracts.kafka_clients import connector_options
 from operators.types import TO_INTERACTIONS, TO_RANKINGS
 
-# What a fetch of a source with a fetch wait waits for (see source_stream).
+# What a fetch of a source with a fetch wait waits for (see source_table).
 FETCH_BATCH_BYTES = 65_536
 
 
