@@ -39,14 +39,8 @@ def cooc_scores(state: UserState, cat: CatalogIndex, p: ModelParams,
                 contributions: bool = False):
     """Co-occurrence score of every catalog row with the user's recent history (and, with
     ``contributions``, the :class:`scoring.CoocPieces` it is summed from)."""
-    n = cat.size
     pieces = scoring.cooc_pieces(state, cat, p)
-    if pieces.items:  # one scatter-add for the whole history (np.add.at per item is ~10x slower)
-        scores = np.bincount(pieces.rows, weights=pieces.parts, minlength=n)[:n]
-        hit = np.unique(pieces.rows)  # normalise only the rows that co-occur (the rest stay 0)
-        scores[hit] /= np.sqrt(np.maximum(cat.counts()[hit], 1.0))
-    else:
-        scores = np.zeros(n)
+    scores = scoring.cooc_matrix([pieces], cat)[0]
     return (scores, pieces) if contributions else scores
 
 
