@@ -50,6 +50,7 @@ class CatalogIndex(CooccurrenceLists):
         self._ann_changed = False
         self._stats_version = 0
         self._rel_counts: tuple = (None, np.zeros(0))
+        self._norms: tuple = (None, np.zeros(0))
         self._popular: tuple[int, int, np.ndarray] = (-1, 0, np.empty(0, np.int64))
 
     def __len__(self) -> int:
@@ -217,6 +218,14 @@ class CatalogIndex(CooccurrenceLists):
             return float(self._rel_counts[1][r])
         counts = self.counts()
         return float(rel_log(counts[r:r + 1], float(counts.max()))[0])
+
+    def count_norms(self) -> np.ndarray:
+        """sqrt(max(count, 1)) of every row: what co-occurrence scores are divided by
+        (``scoring.cooc_row``), computed once per change of the statistics."""
+        stamp = (self._stats_version, self._n)
+        if self._norms[0] != stamp:
+            self._norms = (stamp, np.sqrt(np.maximum(self.counts(), 1.0)))
+        return self._norms[1]
 
     def popularity(self) -> np.ndarray:
         return self.log_pop[: self._n]

@@ -40,7 +40,7 @@ def cooc_scores(state: UserState, cat: CatalogIndex, p: ModelParams,
     """Co-occurrence score of every catalog row with the user's recent history (and, with
     ``contributions``, the :class:`scoring.CoocPieces` it is summed from)."""
     pieces = scoring.cooc_pieces(state, cat, p)
-    scores = scoring.cooc_matrix([pieces], cat)[0]
+    scores = scoring.cooc_row(pieces, cat)
     return (scores, pieces) if contributions else scores
 
 
@@ -134,45 +134,41 @@ def rank_batch(requests: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: 
 
 def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: ModelParams,
                 explain: bool, precision: str) -> list[Ranked]:
-    """:func:`rank_batch` over the whole catalog: the fused scores of all users as one
-    [users, n] array (see :mod:`recsys.scoring`)."""
+    """:func:`rank_batch` over the whole catalog: the content scores of all users from one
+    matrix product, then each user's fused scores and pool (see :mod:`recsys.scoring`)."""
     states = [st for st, _ in part]
     n = cat.size
     content = scoring.content_matrix([st if has_content(st, cat, p) else None for st in states],
                                      cat, precision)
     pieces = [scoring.cooc_pieces(st, cat, p) for st in states]
-    co = scoring.cooc_matrix(pieces, cat)
-    tops = co.max(axis=1)
-    cooc = scoring.cooc_feature(co)
     pop = cat.relative_log_counts()
     trends = [scoring.trend_vector(cat, ts, p.popularity_half_life_ms) for _, ts in part]
     w = np.array([user_weights(st, p) for st in states])
-    scores = content * w[:, [F_CONTENT]]
-    scores += cooc * w[:, [F_COOC]]
-    scores += pop[None, :] * w[:, [F_POP]]
-    if all(t is trends[0] for t in trends):  # one statistics version and clock (the rule)
-        scores += trends[0][None, :] * w[:, [F_TREND]]
-    else:
-        scores += np.stack(trends) * w[:, [F_TREND]]
-    scores[:, cat.deleted[:n]] = -np.inf
+    deleted = np.flatnonzero(cat.deleted[:n])
+    size = max(p.k, p.mmr_candidates)
+    scores, cooc, tops, pool = [], [], [], []
     for u, st in enumerate(states):
-        seen = cat.rows_of_keys(st.seen)
-        if seen.size:
-            scores[u, seen] = -np.inf
-    pool = scoring.pools(scores, max(p.k, p.mmr_candidates))
+        excluded = cat.rows_of_keys(st.seen)
+        if deleted.size:
+            excluded = np.concatenate([excluded, deleted])
+        s_u, c_u, top = scoring.user_scores(content[u], pieces[u], cat, w[u], trends[u], pop,
+                                            excluded)
+        scores.append(s_u)
+        cooc.append(c_u)
+        tops.append(top)
+        pool.append(scoring.pool(s_u, size))
     mat = cat.live_matrix()
-    picked = diversity.mmr_batch([scores[u, r] for u, r in enumerate(pool)],
+    picked = diversity.mmr_batch([scores[u][r] for u, r in enumerate(pool)],
                                  [mat[r] for r in pool], p.k, p.mmr_lambda)
     out = []
     for u, (st, _) in enumerate(part):
         rows = pool[u][picked[u]] if len(picked[u]) else np.empty(0, np.int64)
-        feats = np.stack([content[u, rows], cooc[u, rows], pop[rows], trends[u][rows]],
+        feats = np.stack([content[u, rows], cooc[u][rows], pop[rows], trends[u][rows]],
                          axis=1).astype(np.float64)
         reasons = [""] * len(rows)
         if explain and len(rows):
             reasons = explain_rows(st, cat, p, rows.tolist(), feats, w[u], pieces[u])
-        out.append(Ranked(rows.tolist(), scores[u, rows].tolist(), reasons, feats,
-                          float(tops[u])))
+        out.append(Ranked(rows.tolist(), scores[u][rows].tolist(), reasons, feats, tops[u]))
     return out
 
 

@@ -1,18 +1,18 @@
-"""The batched scoring kernel: the fused scores of many users against the whole catalog at
-once, their candidate pools, and diversity over the pools.
+"""The batched scoring kernel: the fused scores of many users against the whole catalog,
+their candidate pools, and diversity over the pools.
 
-:func:`recsys.recommender.rank_batch` drives it; every step is an array operation over all
-the users of a window, and only MMR's ten picks and the explanations of the final rows loop
-in Python per user:
+:func:`recsys.recommender.rank_batch` drives it:
 
-1. content: one matrix product of all users' centroids with the catalog
+1. content: one matrix product of all the window's users' centroids with the catalog
    (:func:`recsys.kernel.centroid_scores`, bf16 or fp32), the max over each user's centroids;
-2. co-occurrence: every user's history neighbours scattered into one [users, n] array with one
-   ``bincount``, normalised, the log feature taken on the non-zero entries only;
-3. popularity and trending: one vector each for the whole catalog, cached until the item
-   statistics change (:func:`trend_vector`);
-4. fused scores, seen and deleted rows excluded, the pool of the best
-   ``max(k, mmr_candidates)`` per user by one ``argpartition`` over all users.
+2. per user (:func:`user_scores`), each pass over one row that stays in the CPU's cache:
+   co-occurrence (the history neighbours scattered with one ``bincount``, normalised, the log
+   feature), the fused score with popularity and trending (one vector each for the whole
+   catalog, cached until the item statistics change: :func:`trend_vector`), seen and
+   deleted rows excluded, and the pool of the best ``max(k, mmr_candidates)`` rows by one
+   ``argpartition`` (:func:`pool`);
+3. MMR over all users' pools at once (``diversity.mmr_batch``); explanations of the final
+   rows only.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from recsys import kernel, ranking
+from recsys.fusion import F_CONTENT, F_COOC, F_POP, F_TREND
 
 COOC_FLOOR = 1e-6  # relative co-occurrence mapped to feature 0
 _COOC_SPAN = -math.log(COOC_FLOOR)
@@ -136,29 +137,31 @@ def cooc_pieces(state, cat, p) -> CoocPieces:
     return CoocPieces(items, sizes, np.concatenate(rows_l), parts)
 
 
-def cooc_matrix(pieces: Sequence[CoocPieces], cat) -> np.ndarray:
-    """[users, n] co-occurrence scores from each user's :func:`cooc_pieces`, with one
-    scatter-add for all users (``np.add.at`` per recent item is ~10x slower); a user's row is
-    ``recommender.cooc_scores``."""
-    n = cat.size
-    keys = [pc.rows + u * n for u, pc in enumerate(pieces) if pc.items]
-    if not keys:
-        return np.zeros((len(pieces), n))
-    co = np.bincount(np.concatenate(keys),
-                     weights=np.concatenate([pc.parts for pc in pieces if pc.items]),
-                     minlength=len(pieces) * n).reshape(len(pieces), n)
-    co /= np.sqrt(np.maximum(cat.counts(), 1.0))[None, :]
+def cooc_row(pieces: CoocPieces, cat) -> np.ndarray:
+    """One user's co-occurrence score of every catalog row: their :func:`cooc_pieces`
+    summed per row with one scatter-add (``np.add.at`` per recent item is ~10x slower) and
+    divided by ``sqrt(n_row)``; ``recommender.cooc_scores``."""
+    if not pieces.items:
+        return np.zeros(cat.size)
+    co = np.bincount(pieces.rows, weights=pieces.parts, minlength=cat.size)
+    co /= cat.count_norms()
     return co
 
 
 def cooc_feature(co: np.ndarray) -> np.ndarray:
-    """The co-occurrence feature, in place: log scale relative to each user's best row
-    (1 = best, 0 = none); computed on the non-zero entries only."""
-    top = co.max(axis=1)
-    u, r = np.nonzero(co)
-    if u.size:
-        co[u, r] = relative_cooc(co[u, r], top[u])
-    return co
+    """The co-occurrence feature of a user's scores (or of each row of [users, n]), in
+    place: log scale relative to the user's best row
+    (1 = best, 0 = none). :func:`relative_cooc`'s arithmetic in the same order, as dense
+    passes over the whole array: a zero entry comes out exactly 0 (``log(COOC_FLOOR)`` over
+    its own negation is -1), and five passes cost ~30 us a user against ~105 for picking the
+    non-zero entries out and back (20 users, a third of the entries non-zero)."""
+    top = co.max(axis=-1, keepdims=True)
+    np.divide(co, np.where(top > 0, top, 1.0), out=co)  # a user with none: all 0
+    co += COOC_FLOOR
+    np.log(co, out=co)
+    co /= _COOC_SPAN
+    co += 1.0
+    return np.maximum(co, 0.0, out=co)
 
 
 def content_matrix(states: Sequence, cat, precision: str) -> np.ndarray:
@@ -184,20 +187,36 @@ def content_matrix(states: Sequence, cat, precision: str) -> np.ndarray:
     return out
 
 
-def pools(scores: np.ndarray, size: int) -> list[np.ndarray]:
-    """Each user's best ``size`` rows (fewer when fewer are finite), best first, ties by the
-    lower row: :func:`ranking.top_k` for every row of ``scores`` at once."""
-    n = scores.shape[1]
+def user_scores(content: np.ndarray, pieces: CoocPieces, cat, w: np.ndarray,
+                trend: np.ndarray, pop: np.ndarray, excluded: np.ndarray) -> tuple:
+    """One user's fused score of every catalog row, ``excluded`` rows at -inf: returns
+    (scores, the co-occurrence feature, the best co-occurrence score). ``content``: the
+    user's row of :func:`content_matrix`; ``w``: their fusion weights (float64).
+
+    One user at a time on purpose: each pass then runs over a row that stays in the CPU's
+    cache (~78 KB in float64 at 10k items) rather than over [users, n] arrays (1.5 MB at 20
+    users), 3x faster for the same arithmetic in the same order."""
+    co = cooc_row(pieces, cat)
+    top = float(co.max()) if co.size else 0.0
+    cooc = cooc_feature(co) if top > 0 else co  # (no co-occurrence: all 0 either way)
+    scores = np.multiply(content, w[F_CONTENT])  # content*w + cooc*w + pop*w + trend*w
+    term = np.multiply(cooc, w[F_COOC])
+    scores += term
+    scores += np.multiply(pop, w[F_POP], out=term)
+    scores += np.multiply(trend, w[F_TREND], out=term)
+    scores[excluded] = -np.inf
+    return scores, cooc, top
+
+
+def pool(scores: np.ndarray, size: int) -> np.ndarray:
+    """A user's best ``size`` rows (fewer when fewer are finite), best first, ties by the
+    lower row: :func:`ranking.top_k` without the exclusions (already at -inf)."""
+    n = scores.shape[0]
     size = min(size, n)
     if size <= 0:
-        return [np.empty(0, np.int64) for _ in range(scores.shape[0])]
-    part = (np.argpartition(-scores, size - 1, axis=1)[:, :size] if size < n
-            else np.broadcast_to(np.arange(n), scores.shape))
-    out = []
-    for u in range(scores.shape[0]):
-        idx = part[u]
-        s = scores[u, idx]
-        keep = np.isfinite(s)
-        idx, s = idx[keep], s[keep]
-        out.append(idx[np.lexsort((idx, -s))])
-    return out
+        return np.empty(0, np.int64)
+    idx = np.argpartition(-scores, size - 1)[:size] if size < n else np.arange(n)
+    s = scores[idx]
+    keep = np.isfinite(s)
+    idx, s = idx[keep], s[keep]
+    return idx[np.lexsort((idx, -s))]
