@@ -51,6 +51,7 @@ class CatalogIndex(CooccurrenceLists):
         self._stats_version = 0
         self._rel_counts: tuple = (None, np.zeros(0))
         self._norms: tuple = (None, np.zeros(0))
+        self._maxima: tuple = (None, (0.0, -math.inf))
         self._popular: tuple[int, int, np.ndarray] = (-1, 0, np.empty(0, np.int64))
 
     def __len__(self) -> int:
@@ -216,8 +217,18 @@ class CatalogIndex(CooccurrenceLists):
         """Row ``r``'s value of :meth:`relative_log_counts`, without computing the others."""
         if self._rel_counts[0] == (self._stats_version, self._n):
             return float(self._rel_counts[1][r])
-        counts = self.counts()
-        return float(rel_log(counts[r:r + 1], float(counts.max()))[0])
+        return float(rel_log(self.counts()[r:r + 1], self.maxima()[0])[0])
+
+    def maxima(self) -> tuple[float, float]:
+        """(largest interaction count, largest log-popularity) over the catalog, computed
+        once per change of the statistics: the scales one item's features are read on
+        (the per-event step reads single items between changes)."""
+        stamp = (self._stats_version, self._n)
+        if self._maxima[0] != stamp:
+            counts, lp = self.counts(), self.popularity()
+            self._maxima = (stamp, (float(counts.max()) if counts.size else 0.0,
+                                    float(lp.max()) if lp.size else -math.inf))
+        return self._maxima[1]
 
     def count_norms(self) -> np.ndarray:
         """sqrt(max(count, 1)) of every row: what co-occurrence scores are divided by

@@ -246,9 +246,10 @@ def item_features(state: UserState, cat: CatalogIndex, p: ModelParams, item_id: 
     out = np.zeros(4)
     if has_content(state, cat, p):
         out[F_CONTENT] = float((state.centroids @ cat.matrix[r]).max())
-    raw, counts = 0.0, cat.counts()
+    raw, counts, lists = 0.0, cat.counts(), cat.neighbours
     for age, x in enumerate(reversed(state.history)):
-        c = cat.neighbours.get(x, {}).get(item_id)
+        of_x = lists.get(x)
+        c = of_x.get(item_id) if of_x is not None else None
         if c:
             raw += (p.history_decay ** age) * c / math.sqrt(scoring.history_norm(cat, x, counts))
     raw /= math.sqrt(max(counts[r], 1.0))
