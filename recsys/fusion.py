@@ -26,7 +26,8 @@ def pairwise_update(weights: np.ndarray, positive: np.ndarray, negatives: np.nda
         return w
     diff = positive[None, :] - negatives  # [n, F]
     margin = diff @ w
-    grad = (diff * (1.0 / (1.0 + np.exp(margin)))[:, None]).mean(axis=0)
+    # the mean over the negatives (as np.mean divides the sum, without its overhead)
+    grad = (diff * (1.0 / (1.0 + np.exp(margin)))[:, None]).sum(axis=0) / diff.shape[0]
     anchor = np.zeros_like(w) if prior is None else np.asarray(prior, dtype=np.float64)
     return w + lr * (grad - l2 * (w - anchor))
 

@@ -24,7 +24,7 @@ def event_weight(event_type: str, value: Optional[float], weights: Mapping[str, 
     if event_type == "rating":
         if value is None:
             return 0.0
-        return float(np.clip((value - rating_neutral) / rating_scale, -1.0, 1.0))
+        return min(max((value - rating_neutral) / rating_scale, -1.0), 1.0)  # (not np.clip: ~5 us)
     base = float(weights.get(event_type, 0.0))
     if value is not None and value > 0 and event_type not in ("skip", "dislike"):
         base *= min(float(value), 10.0)

@@ -226,10 +226,14 @@ class UserState:
         back an earlier like of the same item."""
         key = np.uint64(item_key(item_id))
         seen = self.seen
-        if seen.size and key in seen:
-            seen = seen[seen != key]
-        seen = np.append(seen, key)
-        self.seen = seen[-max_seen:] if seen.size > max_seen else seen
+        if seen.size:
+            other = seen != key
+            if not other.all():
+                seen = seen[other]
+        out = np.empty(seen.size + 1, np.uint64)  # (np.append's checks cost more than this)
+        out[:-1] = seen
+        out[-1] = key
+        self.seen = out[-max_seen:] if out.size > max_seen else out
         if consumed:
             push_recent(self.history, item_id, max_history)
         elif item_id in self.history:
