@@ -74,30 +74,59 @@ def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: st
     return t_env.to_data_stream(t_env.from_path(table))
 
 
-def keyed_by_record_key(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
-                        table: str, fetch_wait_ms: int = 0) -> KeyedStream:
-    """The rows ``(key, value, topic, partition, offset)`` of :func:`source_table` keyed by
-    their record key decoded as UTF-8 (a null key as ''), the keying done in Java. PyFlink's
+def keyed_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
+                 table: str, key_sql: str, fetch_wait_ms: int = 0,
+                 with_ts: bool = False) -> KeyedStream:
+    """The rows ``(key, value, topic, partition, offset[, ts], routed_by)`` of
+    :func:`source_table` keyed by ``key_sql`` (a SQL expression over its columns giving a
+    non-null STRING; ``routed_by`` is its value), the keying done in Java. PyFlink's
     ``key_by`` calls a Python function per record, in the source's own thread: one more
     thread taking the interpreter's lock per record, which costs the job's Python operators,
-    all serialised on that lock, more than the call itself (and a null key failed it). The
-    same shape ``key_by`` builds: (key, row) rows keyed on the first field by PyFlink's
-    ``KeyByKeySelector``."""
+    all serialised on that lock, more than the call itself. The same shape ``key_by``
+    builds: (key, row) rows keyed on the first field by PyFlink's ``KeyByKeySelector``; a
+    keyed Python operator is handed the row. ``with_ts``: with the record's timestamp (a
+    conversion per record: only where dead letters need it)."""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
     source_table(t_env, kafka, topic, table, fetch_wait_ms)
     raw = Types.PRIMITIVE_ARRAY(Types.BYTE())
-    row_type = Types.ROW([raw, raw, Types.STRING(), Types.INT(), Types.LONG()])
+    names = ["key", "value", "topic", "partition", "offset"] + (["ts"] if with_ts else []) \
+        + ["routed_by"]
+    types = [raw, raw, Types.STRING(), Types.INT(), Types.LONG()] + \
+        ([Types.INSTANT()] if with_ts else []) + [Types.STRING()]
+    row_type = Types.ROW_NAMED(names, types)
+    fields = ", ".join(f"`{n}`" for n in names[:-1])
     # (to_append_stream, not to_data_stream: PyFlink's keyed operators take a RowTypeInfo)
     with_key = t_env.to_append_stream(t_env.sql_query(
-        f"SELECT COALESCE(CAST(`key` AS STRING), '') AS k, "
-        f"ROW(`key`, `value`, `topic`, `partition`, `offset`) AS r FROM `{table}`"),
+        f"SELECT k, ROW({fields}, k) AS r FROM (SELECT {key_sql} AS k, * FROM `{table}`)"),
         Types.ROW([Types.STRING(), row_type]))
     selector = get_gateway().jvm.org.apache.flink.streaming.api.functions.python \
         .KeyByKeySelector()
     return KeyedStream(with_key._j_data_stream.keyBy(
         selector, Types.ROW([Types.STRING()]).get_java_type_info()), row_type, with_key)
+
+
+def keyed_by_record_key(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
+                        table: str, fetch_wait_ms: int = 0) -> KeyedStream:
+    """:func:`keyed_source` keyed by the record key decoded as UTF-8 (a null key as '')."""
+    return keyed_source(t_env, kafka, topic, table, "COALESCE(CAST(`key` AS STRING), '')",
+                        fetch_wait_ms)
+
+
+def keyed_by_user(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
+                  table: str) -> KeyedStream:
+    """:func:`keyed_source` keyed by the ``user_id`` of the record's JSON value (Flink's
+    ``JSON_VALUE``; '' when the value is null, not JSON or has no scalar ``user_id``), lone
+    surrogates (``"\\ud800"``) taken out: the key reaches Python, whose strict UTF-16
+    decoding would fail the task on one (such a record is invalid anyway). The events
+    topic, which the ranker parses itself. The
+    ranker dead-letters an event whose parsed ``user_id`` is not this key (a record the two
+    parsers read differently), so no state is ever kept under another user's key."""
+    user = "COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '')"
+    return keyed_source(t_env, kafka, topic, table,
+                        f"REGEXP_REPLACE({user}, '[\\x{{D800}}-\\x{{DFFF}}]', '')",
+                        with_ts=True)
 
 
 def _sink_options(kafka: KafkaSettings, topic: str, sink_name: str) -> dict:

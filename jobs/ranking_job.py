@@ -2,9 +2,9 @@
 
     items  -> parse -> embed (batched, cached) ----------------------------------.
            '-------------------------------------------------.               | broadcast
-    events -> parse/validate --(bad)--> events-dlq            v               |
-              '-> key_by(user) -> rank (keyed state) <-----------------------+  -> rankings
-                                   '-> interactions topic -> key_by(item) -> item branch
+    events -> key_by(user, in Java) -> parse + rank (keyed state) <----------+  -> rankings
+                                        |   '--(bad)--> events-dlq
+                                        '-> interactions topic -> key_by(item) -> item branch
                                                                (statistics, co-occurrence)
 
 Run it in a local MiniCluster with ``streamrank run``, or on a cluster with
@@ -28,14 +28,13 @@ from pyflink.table import StreamTableEnvironment  # noqa: E402
 
 from jobs import kafka_io  # noqa: E402
 from operators.item_branch import ItemBranch  # noqa: E402
-from operators.parse import ParseEvents, ParseItems  # noqa: E402
+from operators.parse import ParseItems  # noqa: E402
 from operators.rank_users import RankUsers  # noqa: E402
 from operators.types import (  # noqa: E402
     CATALOG_STATE,
     CATALOG_UPDATE_TYPE,
     DEAD_LETTER_KIND,
     DLQ_TAG,
-    EVENT_TYPE,
     ITEM_TYPE,
     NEIGHBOURS_STATE,
     POPULARITY_STATE,
@@ -107,11 +106,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     kafka, topics = settings.kafka, settings.kafka.topics
     model_id = model_id_for(settings.model.name_or_path, settings.model.precision)
     items, catalog, embed_dlq = catalog_streams(t_env, settings)
-    events = (
-        kafka_io.source_stream(t_env, kafka, topics.events, "events_source")
-        .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
-        .name("parse-events").uid("parse-events")
-    )
+    # Events keyed by user in Java (the user_id of the JSON value), parsed by the ranker.
+    events = kafka_io.keyed_by_user(t_env, kafka, topics.events, "events_source")
     # The item branch: the interactions topic (each consumed item with the user's recent
     # items, written by the rankers below) and the catalog, keyed by item; it broadcasts the
     # statistics and co-occurrence counts of catalog items to the rankers. A topic closes
@@ -126,29 +122,26 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     )
     catalog_broadcast = catalog.union(item_stats).broadcast(
         CATALOG_STATE, POPULARITY_STATE, NEIGHBOURS_STATE)
-    rankings = (  # keyed by user_id (by position: a Row chained from parse has no names)
-        events.key_by(lambda ev: ev[1], key_type=Types.STRING())
-        .connect(catalog_broadcast)
-        .process(RankUsers(settings.ranking, model_id, topics.events,
-                           settings.validation.dlq_max_raw_bytes),
+    rankings = (
+        events.connect(catalog_broadcast)
+        .process(RankUsers(settings.ranking, model_id, topics.events, settings.validation),
                  output_type=ROUTED_RECORD_TYPE)
         .name("rank-users").uid("rank-users")
     )
-    write_outputs(t_env, settings, rankings, events, items, embed_dlq)
+    write_outputs(t_env, settings, rankings, items, embed_dlq)
 
 
-def write_outputs(t_env: StreamTableEnvironment, settings: Settings, rankings, events, items,
+def write_outputs(t_env: StreamTableEnvironment, settings: Settings, rankings, items,
                   embed_dlq) -> None:
-    """Rankings and interactions to their topics; dead letters of events (parsing, the
-    ranker) and of items (parsing, embedding) to theirs."""
+    """Rankings and interactions to their topics; dead letters of events (the ranker parses
+    them) and of items (parsing, embedding) to theirs."""
     kafka, topics = settings.kafka, settings.kafka.topics
     statements = t_env.create_statement_set()
     kafka_io.insert_ranker_outputs(t_env, statements, rankings, kafka)
-    # Dead letters: bad records from parsing, plus held events the ranker could not apply.
+    # Dead letters: bad records, and held events the ranker could not apply.
     statements.add_insert(
         kafka_io.value_sink(t_env, kafka, topics.events_dlq, "events_dlq_sink"),
-        t_env.from_data_stream(events.get_side_output(DLQ_TAG)
-                               .union(rankings.get_side_output(DLQ_TAG))))
+        t_env.from_data_stream(rankings.get_side_output(DLQ_TAG)))
     statements.add_insert(
         kafka_io.value_sink(t_env, kafka, topics.items_dlq, "items_dlq_sink"),
         t_env.from_data_stream(items.get_side_output(DLQ_TAG).union(embed_dlq)))

@@ -1,8 +1,9 @@
 """The ranking job's skeleton: its shape without its model, the ceiling ``streamrank bench``
 compares the job with.
 
-The same Kafka source and sinks, the same ``ParseEvents``, the same keying (by user for the
-ranker, by item for the item branch, which reads the interactions topic the ranker writes)
+The same Kafka source and sinks, the same keying (by user in Java for the ranker, which
+parses each record with the ranker's ``EventParser``; by item for the item branch, which
+reads the interactions topic the ranker writes)
 and the same state accesses (one value read and written per event in each of the two keyed
 Python operators), with a ranking record per event written to the rankings topic; no
 catalog, no broadcast, no scoring. What the real job runs above this is the cost of its model.
@@ -21,23 +22,18 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from pyflink.common import Types  # noqa: E402
-
 from contracts.config import Settings, load_settings, parse_set_args  # noqa: E402
 from jobs import kafka_io  # noqa: E402
 from jobs.ranking_job import check_topics, create_environment  # noqa: E402
 from jobs.runtime import prepare_process_environment  # noqa: E402
-from operators.parse import ParseEvents  # noqa: E402
 from operators.skeleton import StateTouch  # noqa: E402
-from operators.types import EVENT_TYPE, KEYED_RECORD_TYPE, ROUTED_RECORD_TYPE  # noqa: E402
+from operators.types import KEYED_RECORD_TYPE, ROUTED_RECORD_TYPE  # noqa: E402
 
 def build_skeleton(env, t_env, settings: Settings) -> None:
     kafka, topics = settings.kafka, settings.kafka.topics
-    events = (kafka_io.source_stream(t_env, kafka, topics.events, "events_source")
-              .process(ParseEvents(settings.validation), output_type=EVENT_TYPE)
-              .name("parse-events"))
-    rankings = (events.key_by(lambda ev: ev[1], key_type=Types.STRING())  # by user_id
-                .process(StateTouch("ranking"), output_type=ROUTED_RECORD_TYPE)
+    rankings = (kafka_io.keyed_by_user(t_env, kafka, topics.events, "events_source")
+                .process(StateTouch("ranking", settings.validation),
+                         output_type=ROUTED_RECORD_TYPE)
                 .name("rank-users"))
     # the interactions topic -> item branch (keyed by item); nothing comes back by broadcast
     (kafka_io.keyed_by_record_key(t_env, kafka, topics.interactions, "interactions_source",

@@ -99,9 +99,9 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
     # -- interactions ------------------------------------------------------------------------
 
     def process_element1(self, record, ctx) -> Iterable:
-        """``record``: an interactions-topic row (key, value, topic, partition, offset)
-        (``kafka_io.keyed_by_record_key``), the value ``codecs.pack_interaction``; the key
-        (the item id) is the current key."""
+        """``record``: an interactions-topic row (key, value, topic, partition, offset,
+        routed_by) (``kafka_io.keyed_by_record_key``), the value ``codecs.pack_interaction``;
+        the key (the item id) is the current key."""
         try:
             event_type, weight, ts, context = unpack_interaction(record[1])
         except (ValueError, IndexError, UnicodeDecodeError, TypeError):

@@ -1,5 +1,5 @@
-"""The parse operators: raw Kafka records -> typed events and items; anything invalid, or
-anything a parser did not expect, -> the dead-letter side output (bounded)."""
+"""Parsing raw Kafka records: items (an operator of their own) and events (inside the ranker);
+anything invalid, or anything a parser did not expect, -> a dead letter (bounded)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from operators.common import LoggedOpen, now_ms, source_ts
 from operators.flink_metrics import OperatorMetrics
 from operators.types import DLQ_TAG
 from contracts.config import ValidationSettings
-from contracts.messages import (InvalidRecord, dlq_record, parse_event, parse_item,
+from contracts.messages import (Event, InvalidRecord, dlq_record, parse_event, parse_item,
                                  tombstone_item_id)
 
 
@@ -34,26 +34,53 @@ def _source_dead_letter(err: InvalidRecord, row, validation: ValidationSettings)
                           source_ts(row["ts"]), max_raw_bytes=validation.dlq_max_raw_bytes))
 
 
-class ParseEvents(ProcessFunction, LoggedOpen):
-    """Raw ``events`` records -> typed events; anything invalid -> DLQ side output."""
+class EventParser:
+    """Raw ``events`` rows -> typed events, inside the keyed operator that uses them (the
+    ranker, and the skeleton's stand-in): the topic is keyed by user in Java
+    (``kafka_io.keyed_by_user``), so no Python operator of its own runs before the ranker.
+    :meth:`parse` returns the :class:`Event`, or the dead letter to emit: an invalid record,
+    or one whose ``user_id`` is not the key it was routed by (``user_id_mismatch``: the
+    keying's JSON reader and the validating parser read it differently, e.g. a duplicate
+    ``user_id``; its state must not be kept under another user's key).
 
-    def __init__(self, validation: ValidationSettings):
+    Its metric ``events_in_<type>`` is counted in Python and handed to Flink every
+    ``COUNTS_PER_FLUSH`` events or at :meth:`flush` (the ranker's window timers): each call
+    of a Flink counter is a JVM call that lets go of the interpreter's lock. ``dlq_records``
+    goes at once."""
+
+    COUNTS_PER_FLUSH = 512
+
+    def __init__(self, validation: ValidationSettings, metrics: OperatorMetrics):
         self.validation = validation
+        self.metrics = metrics
+        self._counts: dict[str, int] = {}
+        self._pending = 0
 
-    def open(self, ctx: RuntimeContext) -> None:
-        self._log_open(ctx, "parse-events")
-        self.metrics = OperatorMetrics(ctx)
-        self.dlq = self.metrics.counter("dlq_records")
-
-    def process_element(self, row, ctx) -> Iterable:
+    def parse(self, row, key: str):
         ev = _parse_guarded(parse_event, row["value"], self.validation)
+        if not isinstance(ev, InvalidRecord) and ev.user_id != key:
+            ev = InvalidRecord("user_id_mismatch",
+                               f"routed as user {key[:80]!r}, the record reads "
+                               f"{ev.user_id[:80]!r}")
         if isinstance(ev, InvalidRecord):
-            self.dlq.inc()
-            yield DLQ_TAG, _source_dead_letter(ev, row, self.validation)
-            return
-        self.metrics.counter(f"events_in_{ev.type}").inc()
-        yield Row(ev.event_id, ev.user_id, ev.item_id, ev.type, ev.value, ev.ts,
-                  row["partition"], row["offset"])
+            self.metrics.counter("dlq_records").inc()  # (rare: at once)
+            return DLQ_TAG, _source_dead_letter(ev, row, self.validation)
+        self._count(f"events_in_{ev.type}")
+        return Event(ev.user_id, ev.item_id, ev.type, ev.ts, ev.value, ev.event_id or "",
+                     row["partition"], row["offset"])
+
+    def _count(self, name: str) -> None:
+        self._counts[name] = self._counts.get(name, 0) + 1
+        self._pending += 1
+        if self._pending >= self.COUNTS_PER_FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the counts so far to Flink's counters."""
+        for name, n in self._counts.items():
+            self.metrics.counter(name).inc(n)
+        self._counts.clear()
+        self._pending = 0
 
 
 class ParseItems(ProcessFunction, LoggedOpen):

@@ -12,11 +12,12 @@ from pyflink.common import Row
 from pyflink.datastream.functions import KeyedBroadcastProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from contracts.config import RankingSettings
+from contracts.config import RankingSettings, ValidationSettings, default_settings
 from contracts.messages import Event, InvalidRecord, dlq_record, ranking_record
 from operators.catalog_mirror import CatalogMirror
 from operators.common import LoggedOpen, user_ttl
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
+from operators.parse import EventParser
 from operators.codecs import pack_interaction
 from operators.types import DLQ_TAG, STATE_BYTES, TO_INTERACTIONS, TO_RANKINGS
 from recsys import kernel, recommender, user_step
@@ -38,7 +39,8 @@ class _Queued:
 
 
 class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
-    """Per user: apply each event to the user's state and emit the re-ranked top-k.
+    """Per user: parse each event record (the topic keyed by user in Java: no Python operator
+    runs before this one), apply it to the user's state and emit the re-ranked top-k.
 
     What an event does is :mod:`recsys.user_step` (the same functions ``streamrank eval``,
     the bench's loop and chaos's reference run); this class loads the user's state, calls
@@ -58,11 +60,11 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
     """
 
     def __init__(self, ranking_cfg: RankingSettings, model_id: str, events_topic: str,
-                 dlq_max_raw_bytes: int = 65_536):
+                 validation: Optional[ValidationSettings] = None):
         self.cfg = ranking_cfg
         self.model_id = model_id
         self.events_topic = events_topic
-        self.dlq_max_raw_bytes = dlq_max_raw_bytes
+        self.validation = validation if validation is not None else default_settings().validation
 
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "rank-users")
@@ -76,6 +78,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         self.profile = ctx.get_state(descriptor)
         self.mirror = CatalogMirror(self.model_id, self.cfg.max_neighbours)
         m = self.metrics = OperatorMetrics(ctx)
+        self.parser = EventParser(self.validation, m)
         self.rankings_out = m.counter("rankings_out")
         self.events_covered = m.counter("events_ranked")
         self.tombstones_out = m.counter("tombstones_out")
@@ -111,18 +114,22 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             self.g_missing.set(len(self.mirror.missing))
         return ()
 
-    def process_element(self, ev, ctx) -> Iterable:
+    def process_element(self, row, ctx) -> Iterable:
+        """``row``: an events-topic record keyed by user (``kafka_io.keyed_by_user``), parsed
+        here (:class:`EventParser`): a dead letter, or the user's step."""
         self.mirror.restore(ctx)
         t0 = time.perf_counter()
-        user_id = ev["user_id"]
+        incoming = self.parser.parse(row, row["routed_by"])
+        if not isinstance(incoming, Event):
+            yield incoming  # (DLQ_TAG, dead letter)
+            return
+        user_id = incoming.user_id
         queued = self._take_queued(user_id)
         if queued is not None:
             queued.ranked = None  # ranked before this event: no longer the state's ranking
         slot = Slot(queued.state if queued is not None else self._load())
         due_before = getattr(slot.state, "due", None)
         now = ctx.timer_service().current_processing_time()
-        incoming = Event(user_id, ev["item_id"], ev["type"], ev["ts"], ev["value"],
-                         ev["event_id"] or "", ev["partition"], ev["offset"])
         for out in user_step.on_event(slot, incoming, self.catalog, self.p, self.step,
                                       self.mirror.model, now):
             yield self._record(out, slot.state, user_id, queued, t0)
@@ -212,6 +219,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             if users:
                 self.batches.inc()
                 self.batch_sizes.inc(len(users))
+        self.parser.flush()
 
     # -- outputs ------------------------------------------------------------------------------
 
@@ -255,4 +263,4 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
                          separators=(",", ":")).encode("utf-8")
         return DLQ_TAG, Row(dlq_record(InvalidRecord(out.reason, out.detail), raw,
                                        self.events_topic, held.partition, held.offset, held.ts,
-                                       max_raw_bytes=self.dlq_max_raw_bytes))
+                                       max_raw_bytes=self.validation.dlq_max_raw_bytes))

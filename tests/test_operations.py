@@ -54,7 +54,7 @@ def test_cluster_metrics_dashboard_sql_and_clean_shutdown(kafka_bootstrap, tmp_p
             metrics = h.cluster.operator_metrics(job)
             # The REST API's metric values lag by up to its fetch interval (10 s).
             if metrics.get("rank-users.streamrank.events_ranked", 0) >= len(events) and \
-                    metrics.get("parse-events.streamrank.dlq_records", 0) >= 3 and \
+                    metrics.get("rank-users.streamrank.dlq_records", 0) >= 3 and \
                     metrics.get("parse-items.streamrank.items_in", 0) >= len(items) and \
                     "embed-items.streamrank.cache_hit_pct" in metrics:
                 break
@@ -63,8 +63,8 @@ def test_cluster_metrics_dashboard_sql_and_clean_shutdown(kafka_bootstrap, tmp_p
         # Every event covered by a ranking; coalesced, by fewer rankings than events.
         assert metrics["rank-users.streamrank.events_ranked"] >= len(events)
         assert 0 < metrics["rank-users.streamrank.rankings_out"] <= len(events)
-        assert metrics["parse-events.streamrank.events_in_rating"] >= len(events)
-        assert metrics["parse-events.streamrank.dlq_records"] == 3
+        assert metrics["rank-users.streamrank.events_in_rating"] >= len(events)
+        assert metrics["rank-users.streamrank.dlq_records"] == 3
         assert metrics["parse-items.streamrank.items_in"] == len(items)
         assert metrics["rank-users.streamrank.catalog_items"] == len(items)
         assert "rank-users.streamrank.pending_events" in metrics

@@ -233,3 +233,52 @@ def test_a_tombstone_key_is_validated_like_an_item_id():
         with pytest.raises(InvalidRecord) as err:
             tombstone_item_id(key)
         assert err.value.reason == reason
+
+
+class _Counts:
+    """A stand-in for OperatorMetrics: what reached each counter."""
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+
+    def counter(self, name):
+        counts = self
+
+        class _C:
+            def inc(self, n=1):
+                counts.seen[name] = counts.seen.get(name, 0) + n
+        return _C()
+
+
+def _events_row(value: bytes, routed_by: str, offset: int = 7) -> dict:
+    return {"key": b"k", "value": value, "topic": "events", "partition": 2, "offset": offset,
+            "ts": None, "routed_by": routed_by}
+
+
+def test_the_ranker_parses_events_and_dead_letters_one_routed_under_another_users_key():
+    """The events topic is keyed by the user_id Flink's JSON_VALUE reads
+    (``kafka_io.keyed_by_user``); the ranker's parser must agree, or the state would be kept
+    under another user's key: a record the two read differently (here: user_id twice, the
+    last one wins in Python) is a dead letter, as is a record routed with no user at all."""
+    from contracts.config import default_settings
+    from operators.parse import EventParser
+    from operators.types import DLQ_TAG
+    from contracts.messages import Event
+
+    metrics = _Counts()
+    parser = EventParser(default_settings().validation, metrics)
+    ok = parser.parse(_events_row(raw(event(user_id="u1", ts=NOW)), "u1"), "u1")
+    assert isinstance(ok, Event) and (ok.user_id, ok.partition, ok.offset) == ("u1", 2, 7)
+    twice = b'{"user_id":"u1","item_id":"i","type":"click","ts":5,"user_id":"u2"}'
+    for row, key, reason in ((_events_row(twice, "u1"), "u1", "user_id_mismatch"),
+                             (_events_row(b"not json", ""), "", "not_json")):
+        tag, dead = parser.parse(row, key)
+        letter = json.loads(dead[0])
+        assert tag == DLQ_TAG and letter["reason"] == reason
+        assert (letter["partition"], letter["offset"]) == (2, 7)
+    assert metrics.seen == {"dlq_records": 2}  # at once; event counts wait for a flush
+    parser.flush()
+    assert metrics.seen == {"dlq_records": 2, "events_in_click": 1}
+    for i in range(EventParser.COUNTS_PER_FLUSH):  # and flush themselves every so many
+        parser.parse(_events_row(raw(event(user_id="u", ts=NOW)), "u"), "u")
+    assert metrics.seen["events_in_click"] == 1 + EventParser.COUNTS_PER_FLUSH

@@ -32,9 +32,11 @@ def _ranker(ctx, items=8):
 
 def _event(ranker, ctx, user, item, event_id, now):
     ctx.key, ctx.now = user, now
-    return list(ranker.process_element(
-        {"user_id": user, "item_id": item, "type": "click", "ts": now, "value": None,
-         "event_id": event_id, "partition": 0, "offset": 0}, ctx))
+    value = json.dumps({"user_id": user, "item_id": item, "type": "click", "ts": now,
+                        "event_id": event_id}).encode()
+    return list(ranker.process_element(  # an events record keyed by user (kafka_io.keyed_by_user)
+        {"key": user.encode(), "value": value, "topic": "events", "partition": 0, "offset": 0,
+         "ts": None, "routed_by": user}, ctx))
 
 
 def _fire(ranker, ctx, until):
