@@ -9,6 +9,7 @@ Metric registration must never take a job down, so when the runtime offers no me
 from __future__ import annotations
 
 import logging
+import time
 
 log = logging.getLogger("streamrank.metrics")
 
@@ -30,7 +31,17 @@ class _Nothing:
 
 
 class OperatorMetrics:
-    """The ``streamrank`` metric group of one operator subtask."""
+    """The ``streamrank`` metric group of one operator subtask.
+
+    Every call of a Flink metric from Python is a JVM call, and a JVM call lets go of the
+    interpreter's lock (that all the Python operators of a TaskManager share in thread
+    mode): a counter touched per event is a :meth:`batched` one, counted in Python and
+    handed to Flink at :meth:`flush` (the operator calls it, e.g. at each ranking window)
+    and, while increments come, at least every ``FLUSH_EVERY`` of them or
+    ``FLUSH_SECONDS``."""
+
+    FLUSH_EVERY = 512
+    FLUSH_SECONDS = 1.0
 
     def __init__(self, ctx):
         try:
@@ -39,6 +50,25 @@ class OperatorMetrics:
             log.warning("metrics unavailable (%s); streamrank metrics are not reported", exc)
             self.group = None
         self._counters: dict[str, object] = {}
+        self._batched: dict[str, _BatchedCounter] = {}
+        self._unflushed = 0
+        self._flushed_at = time.monotonic()
+
+    def batched(self, name: str) -> "_BatchedCounter":
+        """The counter ``name``, counted in Python until the next :meth:`flush`."""
+        c = self._batched.get(name)
+        if c is None:
+            c = self._batched[name] = _BatchedCounter(self, self.counter(name))
+        return c
+
+    def flush(self) -> None:
+        """Hand the batched counts to Flink."""
+        for c in self._batched.values():
+            if c.n:
+                c.inner.inc(c.n)
+                c.n = 0
+        self._unflushed = 0
+        self._flushed_at = time.monotonic()
 
     def counter(self, name: str):
         c = self._counters.get(name)
@@ -66,6 +96,21 @@ class OperatorMetrics:
             except Exception as exc:  # noqa: BLE001
                 log.warning("gauge %s not registered: %s", name, exc)
         return SettableGauge(_Nothing())
+
+
+class _BatchedCounter:
+    __slots__ = ("owner", "inner", "n")
+
+    def __init__(self, owner: OperatorMetrics, inner):
+        self.owner, self.inner, self.n = owner, inner, 0
+
+    def inc(self, n: int = 1) -> None:
+        self.n += n
+        owner = self.owner
+        owner._unflushed += 1
+        if owner._unflushed >= owner.FLUSH_EVERY or \
+                time.monotonic() - owner._flushed_at >= owner.FLUSH_SECONDS:
+            owner.flush()
 
 
 class SettableGauge:

@@ -101,13 +101,14 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
     def process_element1(self, record, ctx) -> Iterable:
         """``record``: an interactions-topic row (key, value, topic, partition, offset,
         routed_by) (``kafka_io.keyed_by_record_key``), the value ``codecs.pack_interaction``;
-        the key (the item id) is the current key."""
+        ``routed_by`` is the current key, the item id (read from the row: asking the context is
+        a JVM call, which lets go of the interpreter's lock)."""
         try:
             event_type, weight, ts, context = unpack_interaction(record[1])
         except (ValueError, IndexError, UnicodeDecodeError, TypeError):
             self.malformed.inc()  # not written by a ranker: nothing to count
             return
-        key = ctx.get_current_key()
+        key = record[-1]
         rec = self._read(key)
         updated = record_interaction(rec.log_pop, rec.count, rec.earlier, event_type, weight,
                                      ts, context, self.p, self.cfg.max_neighbours)

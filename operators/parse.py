@@ -43,18 +43,12 @@ class EventParser:
     keying's JSON reader and the validating parser read it differently, e.g. a duplicate
     ``user_id``; its state must not be kept under another user's key).
 
-    Its metric ``events_in_<type>`` is counted in Python and handed to Flink every
-    ``COUNTS_PER_FLUSH`` events or at :meth:`flush` (the ranker's window timers): each call
-    of a Flink counter is a JVM call that lets go of the interpreter's lock. ``dlq_records``
-    goes at once."""
-
-    COUNTS_PER_FLUSH = 512
+    Its metric ``events_in_<type>`` is a batched counter (``OperatorMetrics.batched``: the
+    ranker flushes it at each window); ``dlq_records`` goes at once."""
 
     def __init__(self, validation: ValidationSettings, metrics: OperatorMetrics):
         self.validation = validation
         self.metrics = metrics
-        self._counts: dict[str, int] = {}
-        self._pending = 0
 
     def parse(self, row, key: str):
         ev = _parse_guarded(parse_event, row["value"], self.validation)
@@ -65,22 +59,9 @@ class EventParser:
         if isinstance(ev, InvalidRecord):
             self.metrics.counter("dlq_records").inc()  # (rare: at once)
             return DLQ_TAG, _source_dead_letter(ev, row, self.validation)
-        self._count(f"events_in_{ev.type}")
+        self.metrics.batched(f"events_in_{ev.type}").inc()
         return Event(ev.user_id, ev.item_id, ev.type, ev.ts, ev.value, ev.event_id or "",
                      row["partition"], row["offset"])
-
-    def _count(self, name: str) -> None:
-        self._counts[name] = self._counts.get(name, 0) + 1
-        self._pending += 1
-        if self._pending >= self.COUNTS_PER_FLUSH:
-            self.flush()
-
-    def flush(self) -> None:
-        """Hand the counts so far to Flink's counters."""
-        for name, n in self._counts.items():
-            self.metrics.counter(name).inc(n)
-        self._counts.clear()
-        self._pending = 0
 
 
 class ParseItems(ProcessFunction, LoggedOpen):

@@ -15,7 +15,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 from contracts.config import RankingSettings, ValidationSettings, default_settings
 from contracts.messages import Event, InvalidRecord, dlq_record, ranking_record
 from operators.catalog_mirror import CatalogMirror
-from operators.common import LoggedOpen, user_ttl
+from operators.common import LoggedOpen, now_ms, user_ttl
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
 from operators.parse import EventParser
 from operators.codecs import pack_interaction
@@ -65,6 +65,10 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         self.model_id = model_id
         self.events_topic = events_topic
         self.validation = validation if validation is not None else default_settings().validation
+        # Processing time in ms: Python's clock, the one Flink's processing time reads
+        # (System.currentTimeMillis, the same process): asking the timer service is a JVM call
+        # per event, which lets go of the interpreter's lock. Tests set a clock of their own.
+        self.clock = now_ms
 
     def open(self, ctx: RuntimeContext) -> None:
         self._log_open(ctx, "rank-users")
@@ -79,8 +83,8 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         self.mirror = CatalogMirror(self.model_id, self.cfg.max_neighbours)
         m = self.metrics = OperatorMetrics(ctx)
         self.parser = EventParser(self.validation, m)
-        self.rankings_out = m.counter("rankings_out")
-        self.events_covered = m.counter("events_ranked")
+        self.rankings_out = m.batched("rankings_out")  # (flushed at each window)
+        self.events_covered = m.batched("events_ranked")
         self.tombstones_out = m.counter("tombstones_out")
         self.new_users = m.counter("users_new")
         self.pending_in = m.counter("pending_held")
@@ -93,8 +97,8 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         # Time from the first event a ranking covers reaching the ranker to the ranking
         # (state, scoring, encoding, and the wait for the end of its window).
         self.latency = LatencyWindow(m, "ranking_us", scale=1000)
-        self.batch_sizes = m.counter("batched_rankings")
-        self.batches = m.counter("ranking_batches")
+        self.batch_sizes = m.batched("batched_rankings")
+        self.batches = m.batched("ranking_batches")
         # Windows: end -> {user_id: _Queued}; users of windows ranked already whose own
         # timer has not emitted yet.
         self._windows: dict[int, dict[str, _Queued]] = {}
@@ -129,7 +133,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             queued.ranked = None  # ranked before this event: no longer the state's ranking
         slot = Slot(queued.state if queued is not None else self._load())
         due_before = getattr(slot.state, "due", None)
-        now = ctx.timer_service().current_processing_time()
+        now = self.clock()
         for out in user_step.on_event(slot, incoming, self.catalog, self.p, self.step,
                                       self.mirror.model, now):
             yield self._record(out, slot.state, user_id, queued, t0)
@@ -154,6 +158,8 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             # (else nothing to write.) A ranking made due here (held events applied) is timed
             # from now.
             self._store(ctx, user_id, slot, timestamp, None, time.perf_counter())
+        if not self._ranked:  # the last ranking of the windows ranked is out
+            self.metrics.flush()
 
     # -- state and timers ----------------------------------------------------------------------
 
@@ -219,7 +225,6 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             if users:
                 self.batches.inc()
                 self.batch_sizes.inc(len(users))
-        self.parser.flush()
 
     # -- outputs ------------------------------------------------------------------------------
 

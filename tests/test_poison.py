@@ -235,19 +235,25 @@ def test_a_tombstone_key_is_validated_like_an_item_id():
         assert err.value.reason == reason
 
 
-class _Counts:
-    """A stand-in for OperatorMetrics: what reached each counter."""
+class _MetricsContext:
+    """A runtime context whose metric group records what reached each Flink counter."""
 
     def __init__(self):
         self.seen: dict[str, int] = {}
 
-    def counter(self, name):
-        counts = self
+    def get_metrics_group(self):
+        return self
 
-        class _C:
+    def add_group(self, name):
+        return self
+
+    def counter(self, name):
+        seen = self.seen
+
+        class _Counter:
             def inc(self, n=1):
-                counts.seen[name] = counts.seen.get(name, 0) + n
-        return _C()
+                seen[name] = seen.get(name, 0) + n
+        return _Counter()
 
 
 def _events_row(value: bytes, routed_by: str, offset: int = 7) -> dict:
@@ -265,7 +271,10 @@ def test_the_ranker_parses_events_and_dead_letters_one_routed_under_another_user
     from operators.types import DLQ_TAG
     from contracts.messages import Event
 
-    metrics = _Counts()
+    from operators.flink_metrics import OperatorMetrics
+
+    ctx = _MetricsContext()
+    metrics = OperatorMetrics(ctx)
     parser = EventParser(default_settings().validation, metrics)
     ok = parser.parse(_events_row(raw(event(user_id="u1", ts=NOW)), "u1"), "u1")
     assert isinstance(ok, Event) and (ok.user_id, ok.partition, ok.offset) == ("u1", 2, 7)
@@ -276,9 +285,11 @@ def test_the_ranker_parses_events_and_dead_letters_one_routed_under_another_user
         letter = json.loads(dead[0])
         assert tag == DLQ_TAG and letter["reason"] == reason
         assert (letter["partition"], letter["offset"]) == (2, 7)
-    assert metrics.seen == {"dlq_records": 2}  # at once; event counts wait for a flush
-    parser.flush()
-    assert metrics.seen == {"dlq_records": 2, "events_in_click": 1}
-    for i in range(EventParser.COUNTS_PER_FLUSH):  # and flush themselves every so many
+    assert ctx.seen == {"dlq_records": 2}  # at once; the event counts wait for a flush
+    metrics.flush()
+    assert ctx.seen == {"dlq_records": 2, "events_in_click": 1}
+    for _ in range(OperatorMetrics.FLUSH_EVERY):  # and are flushed every so many
         parser.parse(_events_row(raw(event(user_id="u", ts=NOW)), "u"), "u")
-    assert metrics.seen["events_in_click"] == 1 + EventParser.COUNTS_PER_FLUSH
+    assert ctx.seen["events_in_click"] > 1
+    metrics.flush()
+    assert ctx.seen["events_in_click"] == 1 + OperatorMetrics.FLUSH_EVERY

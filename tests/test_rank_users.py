@@ -20,6 +20,7 @@ def _ranker(ctx, items=8):
     cfg = load_settings(None, parse_set_args(["ranking.emit_window_ms=20",
                                               "ranking.kernel_precision=fp32"])).ranking
     ranker = RankUsers(cfg, "m", "events")
+    ranker.clock = lambda: ctx.now  # the fake's processing time
     ranker.open(ctx)
     for i in range(items):
         vec = np.zeros(8, np.float32)

@@ -103,8 +103,9 @@ def _interaction(branch, keyed, item_id, context=(), ts=1_000):
     from operators.codecs import pack_interaction
 
     keyed.key = item_id
-    return list(branch.process_element1(
-        (item_id.encode(), pack_interaction("click", 1.0, ts, list(context))), keyed))
+    return list(branch.process_element1(  # (key, value, topic, partition, offset, routed_by)
+        (item_id.encode(), pack_interaction("click", 1.0, ts, list(context)), "interactions", 0,
+         0, item_id), keyed))
 
 
 def _fire(branch, keyed, until):
