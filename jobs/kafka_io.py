@@ -116,13 +116,13 @@ def keyed_by_record_key(t_env: StreamTableEnvironment, kafka: KafkaSettings, top
 
 def keyed_by_user(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
                   table: str) -> KeyedStream:
-    """:func:`keyed_source` keyed by the ``user_id`` of the record's JSON value (Flink's
-    ``JSON_VALUE``; '' when the value is null, not JSON or has no scalar ``user_id``), lone
-    surrogates (``"\\ud800"``) taken out: the key reaches Python, whose strict UTF-16
-    decoding would fail the task on one (such a record is invalid anyway). The events
-    topic, which the ranker parses itself. The
-    ranker dead-letters an event whose parsed ``user_id`` is not this key (a record the two
-    parsers read differently), so no state is ever kept under another user's key."""
+    """The events topic for the ranker, which parses each record itself: :func:`keyed_source`
+    keyed by the ``user_id`` of the record's JSON value (Flink's ``JSON_VALUE``; '' when the
+    value is null, not JSON or has no scalar ``user_id``), lone surrogates (``"\\ud800"``)
+    taken out: the key reaches Python, whose strict UTF-16 decoding would fail the task on
+    one (such a record is invalid anyway). The ranker dead-letters an event whose parsed
+    ``user_id`` is not this key (a record the two readers read differently), so no state is
+    ever kept under another user's key."""
     user = "COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '')"
     return keyed_source(t_env, kafka, topic, table,
                         f"REGEXP_REPLACE({user}, '[\\x{{D800}}-\\x{{DFFF}}]', '')",
