@@ -3,11 +3,11 @@ with the whole catalog, in bf16 where the CPU multiplies bf16 natively, else in 
 
 Chosen once per process (``ranking.kernel_precision``: ``auto``, ``bf16`` or ``fp32``) and
 logged. ``auto`` picks bf16 when the CPU reports AMX or AVX-512 BF16 (``/proc/cpuinfo``
-flags ``amx_bf16`` / ``avx512_bf16``) and torch is installed; there oneDNN multiplies bf16
-at 450-960 GFLOP/s per core against ~120 for fp32 (64 users x 4 centroids against
-9,742 x 384 items: ~40 us per user in bf16, ~100-180 in fp32, measured on 2 cores). A bf16
-cosine differs from fp32 by at most ~1e-3 (inputs rounded to 8 mantissa bits, fp32
-accumulation); ``tests/test_kernel.py`` reports how often that changes a top-k.
+flags ``amx_bf16`` / ``avx512_bf16``) and torch is installed (found, not imported); there
+oneDNN multiplies bf16 at 450-960 GFLOP/s per core against ~120 for fp32 (64 users x 4
+centroids against 9,742 x 384 items: ~40 us per user in bf16, ~100-180 in fp32, measured on
+2 cores). A bf16 cosine differs from fp32 by at most ~1e-3 (inputs rounded to 8 mantissa
+bits, fp32 accumulation); ``tests/test_kernel.py`` reports how often that changes a top-k.
 
 Without native bf16 (AVX2-only CPUs) bf16 would be emulated and slower than fp32, so
 ``auto`` takes fp32 there, and torch is never imported.
@@ -17,11 +17,13 @@ Python started (:func:`for_taskmanager`): a torch product called directly from t
 thread PyFlink runs Python on never returned in the full job (py-spy: stuck in ``linear``;
 with one intra-op thread and with oneDNN held below AMX alike; re-checked with the bench,
 which hung at its first window), while the same product on a Python thread returns, and
-releases the GIL that every Python operator of the TaskManager shares while it runs.
+releases the GIL that every Python operator of the TaskManager shares while it runs. torch
+is imported on that thread too, never on the ranker's task thread.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from typing import Optional
@@ -55,11 +57,9 @@ def resolve(precision: str) -> str:
         return precision
     if not cpu_has_native_bf16():
         return "fp32"
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return "fp32"
-    return "bf16"
+    # Whether torch is installed, without importing it (see for_taskmanager: the first
+    # product imports it, on the thread that runs the products).
+    return "bf16" if importlib.util.find_spec("torch") is not None else "fp32"
 
 
 _chosen: dict[str, str] = {}
@@ -79,11 +79,17 @@ def chosen(precision: str) -> str:
 def for_taskmanager(precision: str) -> str:
     """The precision the Flink ranker uses: the configured one, resolved and logged. In bf16
     every torch product of this process then runs on one Python thread of its own
-    (:class:`_TorchThread`; see the module doc). Call it from the ranker's ``open``."""
+    (:class:`_TorchThread`; see the module doc), started here, which imports torch at once:
+    the task thread that calls this never loads torch itself. (An import of torch on a task
+    thread, in the ranker's ``open``, hung a job start once, in ``dlopen`` of ``torch._C``
+    with the interpreter's lock held.) Call it from the ranker's ``open``."""
+    global _offload, _thread
     got = chosen(precision)
     if got == "bf16":
-        global _offload
         _offload = True
+        with _thread_lock:
+            if _thread is None:
+                _thread = _TorchThread()
     return got
 
 
@@ -117,6 +123,10 @@ class _TorchThread:
         threading.Thread(target=self._serve, name="streamrank-kernel", daemon=True).start()
 
     def _serve(self) -> None:
+        try:
+            importlib.import_module("torch")  # here, before the first product (for_taskmanager)
+        except ImportError:
+            pass  # (the first product raises it)
         while True:
             self._request.acquire()
             try:
