@@ -49,6 +49,7 @@ class EventParser:
     def __init__(self, validation: ValidationSettings, metrics: OperatorMetrics):
         self.validation = validation
         self.metrics = metrics
+        self._per_type: dict = {}  # event type -> its events_in_<type> counter
 
     def parse(self, row, key: str):
         ev = _parse_guarded(parse_event, row["value"], self.validation)
@@ -59,7 +60,10 @@ class EventParser:
         if isinstance(ev, InvalidRecord):
             self.metrics.counter("dlq_records").inc()  # (rare: at once)
             return DLQ_TAG, _source_dead_letter(ev, row, self.validation)
-        self.metrics.batched(f"events_in_{ev.type}").inc()
+        counter = self._per_type.get(ev.type)
+        if counter is None:  # (once per type: no name built per event)
+            counter = self._per_type[ev.type] = self.metrics.batched(f"events_in_{ev.type}")
+        counter.inc()
         return Event(ev.user_id, ev.item_id, ev.type, ev.ts, ev.value, ev.event_id or "",
                      row["partition"], row["offset"])
 

@@ -83,13 +83,11 @@ def for_taskmanager(precision: str) -> str:
     the task thread that calls this never loads torch itself. (An import of torch on a task
     thread, in the ranker's ``open``, hung a job start once, in ``dlopen`` of ``torch._C``
     with the interpreter's lock held.) Call it from the ranker's ``open``."""
-    global _offload, _thread
+    global _offload
     got = chosen(precision)
     if got == "bf16":
         _offload = True
-        with _thread_lock:
-            if _thread is None:
-                _thread = _TorchThread()
+        _kernel_thread()
     return got
 
 
@@ -147,16 +145,19 @@ class _TorchThread:
         return value
 
 
-def _run(fn):
-    """``fn()``, on the kernel thread when products are offloaded (two ranker subtasks of
-    one TaskManager share it)."""
+def _kernel_thread() -> "_TorchThread":
+    """The process's one kernel thread (two ranker subtasks of one TaskManager share it),
+    started on first use."""
     global _thread
-    if not _offload:
-        return fn()
     with _thread_lock:
         if _thread is None:
             _thread = _TorchThread()
-    return _thread.call(fn)
+        return _thread
+
+
+def _run(fn):
+    """``fn()``, on the kernel thread when products are offloaded."""
+    return _kernel_thread().call(fn) if _offload else fn()
 
 
 def centroid_scores(queries: np.ndarray, cat, precision: str, group: int = 1) -> np.ndarray:

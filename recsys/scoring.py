@@ -159,15 +159,14 @@ def cooc_row(pieces: CoocPieces, cat) -> np.ndarray:
     return co
 
 
-def cooc_feature(co: np.ndarray) -> np.ndarray:
-    """The co-occurrence feature of a user's scores (or of each row of [users, n]), in
-    place: log scale relative to the user's best row
-    (1 = best, 0 = none). :func:`relative_cooc`'s arithmetic in the same order, as dense
-    passes over the whole array: a zero entry comes out exactly 0 (``log(COOC_FLOOR)`` over
-    its own negation is -1), and five passes cost ~30 us a user against ~105 for picking the
-    non-zero entries out and back (20 users, a third of the entries non-zero)."""
-    top = co.max(axis=-1, keepdims=True)
-    np.divide(co, np.where(top > 0, top, 1.0), out=co)  # a user with none: all 0
+def cooc_feature(co: np.ndarray, top: float) -> np.ndarray:
+    """The co-occurrence feature of a user's scores ``co``, whose best is ``top`` > 0, in
+    place: log scale relative to the best (1 = best, 0 = none). :func:`relative_cooc`'s
+    arithmetic in the same order, as dense passes over the whole row: a zero entry comes out
+    exactly 0 (``log(COOC_FLOOR)`` over its own negation is -1), and five passes cost ~30 us
+    a user against ~105 for picking the non-zero entries out and back (20 users, a third of
+    the entries non-zero)."""
+    co /= top
     co += COOC_FLOOR
     np.log(co, out=co)
     co /= _COOC_SPAN
@@ -209,7 +208,7 @@ def user_scores(content: np.ndarray, pieces: CoocPieces, cat, w: np.ndarray,
     users), 3x faster for the same arithmetic in the same order."""
     co = cooc_row(pieces, cat)
     top = float(co.max()) if co.size else 0.0
-    cooc = cooc_feature(co) if top > 0 else co  # (no co-occurrence: all 0 either way)
+    cooc = cooc_feature(co, top) if top > 0 else co  # (none: all 0 as it is)
     scores = np.multiply(content, w[F_CONTENT])  # content*w + cooc*w + pop*w + trend*w
     term = np.multiply(cooc, w[F_COOC])
     scores += term
