@@ -170,15 +170,23 @@ def centroid_scores(queries: np.ndarray, cat, precision: str, group: int = 1) ->
     operand, 1.0 ms against 1.4 ms for one user's 4 centroids on 9,742 x 384 in fp32, 0.39
     against 0.55 in bf16) and maximised over the groups in that layout, before one
     transposing copy: reducing the transposed product instead read it across its rows (19 ms
-    for 64 users x 4 centroids against 4.6 ms now in bf16, 24 against 10 in fp32)."""
+    for 64 users x 4 centroids against 4.6 ms now in bf16, 24 against 10 in fp32). The
+    queries go in group-major order, so that the maximum runs over whole [n, users] blocks
+    (bf16, 20 users x 4: 0.46 ms on top of the 0.54 ms product, against 1.07 for ``amax``
+    over the last axis)."""
     mat = cat.live_matrix()
+    queries = np.asarray(queries, dtype=np.float32)
+    if group > 1:  # group-major: then each group member's scores are one [n, users] block
+        queries = np.ascontiguousarray(
+            queries.reshape(-1, group, queries.shape[1]).transpose(1, 0, 2)
+        ).reshape(-1, queries.shape[1])
     if precision != "bf16":
-        prod = (mat @ queries.astype(np.float32, copy=False).T).reshape(mat.shape[0], -1, group)
-        best = prod[:, :, 0]
+        prod = (mat @ queries.T).reshape(mat.shape[0], group, -1)
+        best = prod[:, 0]
         if group > 1:
             best = best.copy()
             for j in range(1, group):
-                np.maximum(best, prod[:, :, j], out=best)
+                np.maximum(best, prod[:, j], out=best)
         return np.ascontiguousarray(best.T)
     return _run(lambda: _bf16_product(queries, cat, mat, group))
 
@@ -198,8 +206,10 @@ def _bf16_product(queries: np.ndarray, cat, mat: np.ndarray, group: int) -> np.n
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            prod = (cached[1] @ q.T).view(mat.shape[0], -1, group)  # [n, users, group]
-            best = prod.amax(dim=2) if group > 1 else prod[:, :, 0]
+            prod = (cached[1] @ q.T).view(mat.shape[0], group, -1)  # [n, group, users]
+            best = prod[:, 0]
+            for j in range(1, group):  # 0.46 ms for 20 users x 4 against 1.07 for amax
+                best = torch.maximum(best, prod[:, j])
             return best.T.float().contiguous().numpy()  # (bf16 -> fp32 is exact)
     finally:
         torch.set_num_threads(threads)
