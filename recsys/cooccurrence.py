@@ -155,6 +155,8 @@ class CooccurrenceLists:
         """(rows, counts) of an item's known neighbours that are in the catalog, and of some
         that have left its list, at count 0 (see :meth:`_leave_arrays`)."""
         cached = self._nbr_arrays.get(item_id)
+        if cached is not None and cached.view is not None:
+            return cached.view
         if cached is None:
             nbrs = self.neighbours.get(item_id, {})
             get = self.row.get
@@ -164,15 +166,27 @@ class CooccurrenceLists:
             ids = [y for y, k in zip(nbrs, known.tolist()) if k]
             cached = self._nbr_arrays[item_id] = _NeighbourArrays(
                 rows[known], counts[known], ids, int((~known).sum()))
-        return cached.rows[:cached.size], cached.counts[:cached.size]
+        cached.view = (cached.rows[:cached.size], cached.counts[:cached.size])
+        return cached.view
+
+    def neighbour_arrays_of(self, item_ids) -> list:
+        """:meth:`neighbour_arrays` of each item (a user's history: one call per user)."""
+        get, build = self._nbr_arrays.get, self.neighbour_arrays
+        out = []
+        for x in item_ids:
+            cached = get(x)
+            out.append(cached.view if cached is not None and cached.view is not None
+                       else build(x))
+        return out
 
 
 class _NeighbourArrays:
     """An item's neighbours as growable (rows, counts) arrays for vectorised scoring, with
     each neighbour id's slot so that a changed count is patched in place; ``dead``: the ids
-    whose slot stays at count 0 after they left the list (in place of a rebuild)."""
+    whose slot stays at count 0 after they left the list (in place of a rebuild); ``view``
+    the (rows, counts) in use, as read (None until read again after an append)."""
 
-    __slots__ = ("rows", "counts", "size", "slot", "unknown", "dead")
+    __slots__ = ("rows", "counts", "size", "slot", "unknown", "dead", "view")
 
     def __init__(self, rows: np.ndarray, counts: np.ndarray, ids: list[str], unknown: int):
         self.size = len(ids)
@@ -183,6 +197,7 @@ class _NeighbourArrays:
         self.slot = {y: i for i, y in enumerate(ids)}
         self.unknown = unknown  # neighbour ids not in the catalog (not in the arrays)
         self.dead: set[str] = set()
+        self.view: Optional[tuple] = None
 
     def append(self, row: int, count: float, item_id: str) -> None:
         if self.size == self.rows.shape[0]:
@@ -191,3 +206,4 @@ class _NeighbourArrays:
         self.rows[self.size], self.counts[self.size] = row, count
         self.slot[item_id] = self.size
         self.size += 1
+        self.view = None

@@ -126,25 +126,28 @@ class CoocPieces:
 
 def cooc_pieces(state, cat, p) -> CoocPieces:
     """The user's :class:`CoocPieces`: each recent item's neighbour arrays, scaled with one
-    operation for all of them rather than one per item (~55 us a user with 30 recent items,
-    most of it the per-item lookups)."""
-    counts = cat.counts()
-    items, rows_l, counts_l, decays, norms = [], [], [], [], []
-    decay = p.history_decay
-    for age, x in enumerate(reversed(state.history)):
-        rows, c = cat.neighbour_arrays(x)
-        if rows.size == 0:
-            continue
-        items.append(x)
-        rows_l.append(rows)
-        counts_l.append(c)
-        decays.append(decay ** age)
-        norms.append(math.sqrt(history_norm(cat, x, counts)))
-    if not items:
+    operation for all of them rather than one per item, and the divisors ``n_x`` of all the
+    items read from the interaction counts at once (:func:`history_norm` for those without
+    any)."""
+    history = state.history[::-1]  # most recent first: the age is the position
+    arrays = cat.neighbour_arrays_of(history)
+    ages = [age for age, (rows, _) in enumerate(arrays) if rows.size]
+    if not ages:
         return CoocPieces.of(())
+    items = [history[age] for age in ages]
+    rows_l = [arrays[age][0] for age in ages]
+    counts_l = [arrays[age][1] for age in ages]
+    decay = p.history_decay
+    decays = [decay ** age for age in ages]
+    counts = cat.counts()
+    get = cat.row.get
+    at = [get(x, -1) for x in items]
+    n = counts[at]  # (-1: a row that is not there yet; replaced below)
+    for j in np.flatnonzero((n <= 0) | (np.array(at) < 0)).tolist():
+        n[j] = history_norm(cat, items[j], counts)
     sizes = [r.size for r in rows_l]
     # (count * decay^age) / sqrt(n_x) per entry: the same rounding as item by item
-    parts = np.concatenate(counts_l) * np.repeat(decays, sizes) / np.repeat(norms, sizes)
+    parts = np.concatenate(counts_l) * np.repeat(decays, sizes) / np.repeat(np.sqrt(n), sizes)
     return CoocPieces(items, sizes, np.concatenate(rows_l), parts)
 
 

@@ -168,6 +168,8 @@ def test_neighbour_arrays_patched_in_place_equal_a_rebuild():
         cat.set_cooccurrence(item, earlier, changed=[x], max_neighbours=6)
         probe = f"i{rng.randrange(30)}"
         rows, counts = (a.copy() for a in cat.neighbour_arrays(probe))
+        (rows_of, counts_of), = cat.neighbour_arrays_of([probe])  # (the cached view)
+        assert rows_of.tolist() == rows.tolist() and counts_of.tolist() == counts.tolist()
         cat._nbr_arrays.pop(probe)
         want = dict(zip(*(a.tolist() for a in cat.neighbour_arrays(probe))))
         assert len(set(rows.tolist())) == len(rows), step
