@@ -119,6 +119,7 @@ class RankingSettings:
     popularity_half_life_hours: float
     popularity_emit_interval_ms: int
     neighbours_emit_interval_ms: int
+    merge_slice_pairs: int
     max_seen: int
     max_pending: int
     pending_retry_ms: int

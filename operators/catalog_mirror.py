@@ -10,6 +10,7 @@ switch at once.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Optional
 
 import numpy as np
@@ -18,15 +19,22 @@ from operators.codecs import STATS, pack_catalog_entry, unpack_catalog_entry, un
 from operators.types import (CATALOG_STATE, MODELS_STATE, NEIGHBOURS_STATE, POPULARITY_STATE,
                              STAGING_STATE)
 from recsys.catalog import CatalogIndex
-from recsys.item_stats import unpack_counts
+from recsys.item_stats import count_entries, unpack_counts
 
 log = logging.getLogger("streamrank.operators")
 
 
 class CatalogMirror:
-    def __init__(self, model_id: str, max_neighbours: int):
+    """``slice_pairs``: co-occurrence entries merged per call (see :meth:`merge_some`); 0 =
+    each batch at once."""
+
+    def __init__(self, model_id: str, max_neighbours: int, slice_pairs: int = 0):
         self.model_id = model_id  # the configured model, until the catalog names one
         self.max_neighbours = max_neighbours
+        self.slice_pairs = slice_pairs
+        # Co-occurrence halves received but not merged yet, oldest first:
+        # (item_id, counts, changes or None, entries to merge).
+        self._unmerged: deque = deque()
         self.catalog = CatalogIndex()  # the active model's catalog: what rankings use
         self.active_model: str | None = None
         self.staging: CatalogIndex | None = None  # a new model's catalog while it fills up
@@ -85,41 +93,65 @@ class CatalogMirror:
         """One broadcast update: ``item``, ``delete`` or ``stats`` (a batch of item
         statistics from the item branch)."""
         kind = update["kind"]
+        if kind == "stats":
+            self._stats(unpack_stats_batch(update["neighbours"]), ctx)
+            self.merge_some()
+            return
+        self.merge_some(everything=True)  # the catalog changes after what came before
         if kind == "item":
             self._item(update, ctx)
         elif kind == "delete":
             self._delete(update["item_id"], ctx)
-        elif kind == "stats":
-            self._stats(unpack_stats_batch(update["neighbours"]), ctx)
+
+    def merge_some(self, everything: bool = False) -> None:
+        """Merge received co-occurrence halves into the catalogs, oldest first: about
+        ``slice_pairs`` changed entries (at least one item's), or all of them."""
+        queue = self._unmerged
+        budget = self.slice_pairs if self.slice_pairs > 0 and not everything else None
+        while queue:
+            item_id, counts, changes, n = queue.popleft()
+            if self._in_catalog(item_id):
+                for cat in self.catalogs():
+                    self._counts(cat, item_id, counts, changes)
+            if budget is not None:
+                budget -= n
+                if budget <= 0:
+                    return
+
+    @property
+    def merge_backlog(self) -> int:
+        """Items whose received co-occurrence counts are not merged yet."""
+        return len(self._unmerged)
 
     def _stats(self, entries: list, ctx) -> None:
         """A batch of ``(item_id, log_pop, count, counts or None, changes or None)``
-        (``codecs.pack_stats_batch``): into every catalog, and into broadcast state with one
-        call per state."""
+        (``codecs.pack_stats_batch``): popularity into every catalog at once, co-occurrence
+        counts queued for :meth:`merge_some`; both into broadcast state with one call per
+        state."""
         pops, halves = {}, {}
         for item_id, log_pop, count, counts, changes in entries:
             if not self._in_catalog(item_id):
                 continue  # catalog items only (the item branch sends no others)
-            delta = unpack_counts(changes) if changes is not None else None
             for cat in self.catalogs():
                 cat.set_popularity(item_id, log_pop, count)
-                if counts is not None:
-                    self._counts(cat, item_id, counts, delta)
             pops[item_id] = STATS.pack(log_pop, count)
             if counts is not None:
-                halves[item_id] = bytes(counts)
+                halves[item_id] = counts = bytes(counts)
+                changes = bytes(changes) if changes is not None else None
+                n = count_entries(counts if changes is None else changes)
+                self._unmerged.append((item_id, counts, changes, n))
         if pops:
             self._state(ctx, POPULARITY_STATE).put_all(pops)
         if halves:
             self._state(ctx, NEIGHBOURS_STATE).put_all(halves)
 
     def _counts(self, cat: CatalogIndex, item_id: str, counts: bytes,
-                delta: Optional[dict[str, float]]) -> None:
-        """An item's co-occurrence half into ``cat``: only the changed entries (``delta``,
-        read-only here) when the catalog holds the half they change (the item branch sent it,
-        in order, before), else the whole (each catalog its own dict: they are kept and
-        changed in place)."""
+                changes: Optional[bytes]) -> None:
+        """An item's co-occurrence half into ``cat``: only the changed entries when the
+        catalog holds the half they change (the item branch sent it, in order, before), else
+        the whole (each catalog its own dict: they are kept and changed in place)."""
         half = cat.earlier.get(item_id)
+        delta = unpack_counts(changes) if changes is not None else None
         if delta is None or half is None:
             cat.set_cooccurrence(item_id, unpack_counts(counts),
                                  max_neighbours=self.max_neighbours)

@@ -27,6 +27,11 @@ from recsys.user_state import Forgotten, UserState, decode_profile
 from recsys.user_step import Emit, Interaction, Reject, Slot, StepConfig, Tombstone
 
 
+# A statistics batch that arrives when no event has for this long is merged at once (nothing
+# waits behind it); else a slice per event and timer (``ranking.merge_slice_pairs``).
+_IDLE_S = 0.1
+
+
 @dataclass
 class _Queued:
     """A user whose ranking is due at the end of a window, kept in memory until then (the
@@ -80,7 +85,8 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         if self.cfg.user_ttl_hours > 0:
             descriptor.enable_time_to_live(user_ttl(self.cfg.user_ttl_hours))
         self.profile = ctx.get_state(descriptor)
-        self.mirror = CatalogMirror(self.model_id, self.cfg.max_neighbours)
+        self.mirror = CatalogMirror(self.model_id, self.cfg.max_neighbours,
+                                    self.cfg.merge_slice_pairs)
         m = self.metrics = OperatorMetrics(ctx)
         self.parser = EventParser(self.validation, m)
         self.rankings_out = m.batched("rankings_out")  # (flushed at each window)
@@ -104,6 +110,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         self._windows: dict[int, dict[str, _Queued]] = {}
         self._queued_at: dict[str, int] = {}
         self._ranked: dict[str, _Queued] = {}
+        self._last_event = 0.0  # perf_counter of the last event
 
     @property
     def catalog(self):
@@ -113,6 +120,8 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         # Emits nothing, but must return an iterable: thread mode iterates the result.
         self.mirror.restore(ctx)
         self.mirror.apply(update, ctx)
+        if self.mirror.merge_backlog and time.perf_counter() - self._last_event > _IDLE_S:
+            self.mirror.merge_some(everything=True)
         if update["kind"] in ("item", "delete"):
             self.g_catalog.set(len(self.mirror.catalog))
             self.g_missing.set(len(self.mirror.missing))
@@ -122,7 +131,9 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         """``row``: an events-topic record keyed by user (``kafka_io.keyed_by_user``), parsed
         here (:class:`EventParser`): a dead letter, or the user's step."""
         self.mirror.restore(ctx)
-        t0 = time.perf_counter()
+        t0 = self._last_event = time.perf_counter()
+        if self.mirror.merge_backlog:  # a slice of the co-occurrence received
+            self.mirror.merge_some()
         incoming = self.parser.parse(row, row["routed_by"])
         if not isinstance(incoming, Event):
             yield incoming  # (DLQ_TAG, dead letter)
@@ -144,6 +155,8 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
     def on_timer(self, timestamp: int, ctx) -> Iterable:
         """A window's end, a held events' retry or a forgotten marker's expiry (or several)."""
         self.mirror.restore(ctx)
+        if self.mirror.merge_backlog:
+            self.mirror.merge_some()
         self._rank_windows(timestamp)
         user_id = ctx.get_current_key()
         queued = self._take_queued(user_id)

@@ -46,6 +46,11 @@ def pack_counts(counts: dict[str, float]) -> bytes:
             + join_ids(counts))
 
 
+def count_entries(data: bytes) -> int:
+    """How many entries :func:`pack_counts` bytes hold, without reading them."""
+    return _COUNT_N.unpack_from(data, 0)[0] if data else 0
+
+
 def unpack_counts(data: bytes) -> dict[str, float]:
     data = bytes(data)
     if not data:

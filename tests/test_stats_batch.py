@@ -25,8 +25,8 @@ def test_a_batch_round_trips_with_and_without_counts():
     assert unpack_stats_batch(pack_stats_batch([])) == []
 
 
-def _mirror_with(ids):
-    mirror, ctx = CatalogMirror("m", max_neighbours=10), FakeContext()
+def _mirror_with(ids, slice_pairs: int = 0):
+    mirror, ctx = CatalogMirror("m", max_neighbours=10, slice_pairs=slice_pairs), FakeContext()
     for i, item_id in enumerate(ids):
         vec = np.zeros(8, np.float32)
         vec[i % 8] = 1.0
@@ -52,6 +52,36 @@ def test_a_batch_reaches_the_catalog_and_broadcast_state_in_one_call_per_state()
     mirror.apply({"kind": "stats", "item_id": "",
                   "neighbours": pack_stats_batch([("c", 0.5, 1.0, None, None)])}, ctx)
     assert ctx.calls - calls <= 2
+
+
+def test_a_large_batch_is_merged_a_slice_at_a_time_to_the_same_lists():
+    """With ``slice_pairs``, a batch's co-occurrence is merged about that many entries per
+    call (popularity and broadcast state at once); once all is merged the lists are those of
+    a merge at once, and a catalog change first merges everything received before it."""
+    ids = [f"i{n}" for n in range(12)]
+    halves = [pack_counts({y: float(1 + (n + j) % 3) for j, y in enumerate(ids) if y != x})
+              for n, x in enumerate(ids)]
+    batch = pack_stats_batch([(x, 1.0, 2.0, h, None) for x, h in zip(ids, halves)])
+    at_once, ctx = _mirror_with(ids)
+    at_once.apply({"kind": "stats", "neighbours": batch}, ctx)
+    sliced, ctx2 = _mirror_with(ids, slice_pairs=20)  # 11 entries per item: 2 items a call
+    sliced.apply({"kind": "stats", "neighbours": batch}, ctx2)
+    assert sliced.merge_backlog == 10 and len(sliced.catalog.earlier) == 2
+    assert sliced.catalog.counts()[sliced.catalog.row["i11"]] == 2.0, "popularity at once"
+    assert set(ctx2.states[NEIGHBOURS_STATE.name]) == set(ids), "all of it in state at once"
+    calls = 0
+    while sliced.merge_backlog:
+        sliced.merge_some()
+        calls += 1
+    assert calls == 5
+    for x in ids:
+        assert sliced.catalog.neighbours[x] == at_once.catalog.neighbours[x]
+    sliced.apply({"kind": "stats", "neighbours": batch}, ctx2)
+    assert sliced.merge_backlog
+    vec = np.zeros(8, np.float32)
+    sliced.apply({"kind": "item", "item_id": "new", "title": "new", "vector": vec.tobytes(),
+                  "model": "m"}, ctx2)
+    assert not sliced.merge_backlog, "merged before the catalog changed"
 
 
 def test_changed_entries_merge_into_the_half_the_ranker_holds():
