@@ -14,9 +14,13 @@ One invocation, phases run one after the other so they do not compete for the co
    consecutive events are the same user's) and (b) ``--events`` more, interleaved so that
    consecutive events come from different users (each window ranks many users); events/s =
    events / (last ranking received - first event sent), and the rankings it took;
-2. **latency**: ``--latency-events`` more events at a fixed ``--rate``, then ~20 s at half the
-   measured throughput; from each event's production to the first ranking that covers it,
-   percentiles;
+2. **latency**: ``--latency-events`` more events at a fixed ``--rate``, then as many (at most
+   ~20 s' worth) at half the measured throughput; from each event's production to the first
+   ranking that covers it, percentiles, and each event's (sent, latency) in
+   ``latency-<phase>.csv``. Each latency phase starts once the job has settled (no events
+   for ``popularity_emit_interval_ms + neighbours_emit_interval_ms`` + 1 s): the statistics
+   of the burst before it reach the rankers up to that late, and would otherwise be measured
+   as the fixed rate's;
 3. **skeleton**: ``jobs/skeleton_job.py``, the job's sources, sinks, parsing, keying and state
    accesses without its model, on the time-ordered events: the ceiling of the job's shape
    (``ratio_vs_skeleton``; MiniCluster runs only);

@@ -113,8 +113,9 @@ class _JobPhases:
     """The phases that run against the job, on its topics, one after the other."""
 
     def __init__(self, settings: Settings, job, rankings, producer,
-                 cpu: Optional[CpuMeter] = None):
+                 cpu: Optional[CpuMeter] = None, out: Optional[Path] = None):
         self.settings, self.job, self.rankings, self.producer = settings, job, rankings, producer
+        self.out = out  # where each latency phase's per-event CSV goes
         self.topic = settings.kafka.topics.events
         self.cpu = cpu
 
@@ -150,16 +151,26 @@ class _JobPhases:
 
     def latency(self, events: list[dict], rate: float, label: str) -> tuple[dict, float]:
         """``events`` at ``rate``: from each event's production to the first ranking that
-        covers it, percentiles; and the rate achieved."""
+        covers it, percentiles; and the rate achieved. Each event's (sent, latency) goes to
+        ``latency-<label>.csv`` in the output folder (to see when the slow ones happen)."""
         from streamrank.replay import produce
 
-        bench_say(f"latency, {label}, at {rate:g} events/s")
+        # The statistics of what came before (a burst at full speed) reach the rankers up to
+        # neighbours_emit_interval_ms later: a fixed rate is measured once they have.
+        r = self.settings.ranking
+        settle = (r.popularity_emit_interval_ms + r.neighbours_emit_interval_ms) / 1000 + 1
+        bench_say(f"latency, {label}, at {rate:g} events/s (after {settle:g} s to settle)")
+        time.sleep(settle)
         sent_at: dict[str, int] = {}
         produce(self.producer, self.topic, events, "user_id", rate=rate,
                 desc="events (paced)",
                 on_sent=lambda rec, ms: sent_at.__setitem__(rec["event_id"], ms))
         wait_all(self.rankings, [e["event_id"] for e in events], self.job)
         lat = [self.rankings.by_event[e][0] - sent_at[e] for e in sent_at]
+        if self.out is not None:
+            path = self.out / f"latency-{label.replace(' ', '-')}.csv"
+            path.write_text("sent_ms,latency_ms\n" + "".join(
+                f"{ms},{d}\n" for ms, d in zip(sent_at.values(), lat)))
         span = (max(sent_at.values()) - min(sent_at.values())) / 1000
         pct = _percentiles(lat)
         bench_say(f"job latency at {rate:g}/s: p50 {pct['p50_ms']} ms, p95 {pct['p95_ms']} ms, "
@@ -188,7 +199,7 @@ def job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[dic
         wait_for_catalog(producer, settings, rankings, items[-1]["item_id"], len(items),
                          job=job, timeout_s=900)
         cpu = None if taskmanagers else CpuMeter(job.proc.pid, broker_pid)
-        phases = _JobPhases(settings, job, rankings, producer, cpu)
+        phases = _JobPhases(settings, job, rankings, producer, cpu, out)
         phases.warm_up(streams["warmup"])
         result.update(phases.throughput(streams["burst"], "time-ordered", streams["prefix"]))
         result["interleaved"] = phases.throughput(streams["interleaved"], "interleaved",
