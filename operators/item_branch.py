@@ -88,8 +88,10 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         self._armed_counts: dict[str, int] = {}
         # Decoded records of up to _RECORDS_KEPT items (the first written goes first), the
         # same as their state (every write goes through _write): an interaction with one of
-        # them skips reading and decoding its state.
+        # them skips reading and decoding its state. With each, its counts as last written
+        # (pack_counts): a batch sends them as they are rather than packing them again.
         self._records: dict[str, ItemRecord] = {}
+        self._packed: dict[str, bytes] = {}
         m = OperatorMetrics(ctx)
         self.dropped = m.counter("unknown_items_dropped")
         self.malformed = m.counter("interactions_malformed")
@@ -116,27 +118,32 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
             return
         rec.log_pop, rec.count, changed = updated
         now = now_ms()
+        if not rec.known and rec.due_ms == 0:  # not in the catalog (yet): dropped unless
+            rec.due_ms = now + self.cfg.unknown_item_ttl_ms  # it arrives
+            ctx.timer_service().register_processing_time_timer(rec.due_ms)
+        self._write(key, rec)  # (before a batch takes its packed counts)
         if rec.known:
             yield from self._queue(ctx, key, rec, changed, now)
-        elif rec.due_ms == 0:  # an id not in the catalog (yet): dropped unless it arrives
-            rec.due_ms = now + self.cfg.unknown_item_ttl_ms
-            ctx.timer_service().register_processing_time_timer(rec.due_ms)
-        self._write(key, rec)
 
     def _read(self, key: str) -> ItemRecord:
         rec = self._records.get(key)
         return rec if rec is not None else ItemRecord.from_bytes(self.state.value())
 
     def _write(self, key: str, rec: ItemRecord) -> None:
-        self.state.update(rec.to_bytes())
+        counts = pack_counts(rec.earlier)
+        self.state.update(rec.to_bytes(counts))
         records = self._records
         if key not in records and len(records) >= _RECORDS_KEPT:
-            del records[next(iter(records))]  # the oldest written
+            oldest = next(iter(records))  # the oldest written
+            del records[oldest]
+            del self._packed[oldest]
         records[key] = rec
+        self._packed[key] = counts
 
     def _clear(self, key: str) -> None:
         self.state.clear()
         self._records.pop(key, None)
+        self._packed.pop(key, None)
 
     # -- the catalog -------------------------------------------------------------------------
 
@@ -155,9 +162,9 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         rec.flags |= KNOWN
         rec.due_ms = 0
         self._outbox.pop(key, None)
+        self._write(key, rec)
         if rec.count > 0:
             yield self._batch([self._entry(key, rec, counts=bool(rec.earlier), now=now_ms())])
-        self._write(key, rec)
 
     # -- the outbox ----------------------------------------------------------------------------
 
@@ -248,7 +255,9 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         if changed is not None and key in self._whole_sent:
             changes = pack_counts({x: rec.earlier.get(x, 0.0) for x in changed})
         self._whole_sent.add(key)
-        return key, rec.log_pop, rec.count, pack_counts(rec.earlier), changes
+        packed = self._packed.get(key) if self._records.get(key) is rec else None
+        return key, rec.log_pop, rec.count, \
+            packed if packed is not None else pack_counts(rec.earlier), changes
 
     def _batch(self, entries: list) -> Row:
         self.batches.inc()

@@ -72,9 +72,11 @@ class ItemRecord:
     def known(self) -> bool:
         return bool(self.flags & KNOWN)
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, counts: Optional[bytes] = None) -> bytes:
+        """The state value; ``counts``: ``pack_counts(self.earlier)`` when the caller has
+        it already."""
         return _HEAD.pack(self.flags, self.due_ms, self.log_pop, self.count) + \
-            pack_counts(self.earlier)
+            (counts if counts is not None else pack_counts(self.earlier))
 
     @classmethod
     def from_bytes(cls, data: Optional[bytes]) -> "ItemRecord":
