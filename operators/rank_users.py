@@ -100,6 +100,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         self.g_pending = m.value("pending_events")
         self.g_catalog = m.value("catalog_items")
         self.g_missing = m.value("swap_items_missing")
+        self.g_backlog = m.value("cooc_merge_backlog")
         # Time from the first event a ranking covers reaching the ranker to the ranking
         # (state, scoring, encoding, and the wait for the end of its window).
         self.latency = LatencyWindow(m, "ranking_us", scale=1000)
@@ -122,6 +123,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         self.mirror.apply(update, ctx)
         if self.mirror.merge_backlog and time.perf_counter() - self._last_event > _IDLE_S:
             self.mirror.merge_some(everything=True)
+        self.g_backlog.set(self.mirror.merge_backlog)
         if update["kind"] in ("item", "delete"):
             self.g_catalog.set(len(self.mirror.catalog))
             self.g_missing.set(len(self.mirror.missing))
@@ -133,7 +135,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         self.mirror.restore(ctx)
         t0 = self._last_event = time.perf_counter()
         if self.mirror.merge_backlog:  # a slice of the co-occurrence received
-            self.mirror.merge_some()
+            self._merge_slice()
         incoming = self.parser.parse(row, row["routed_by"])
         if not isinstance(incoming, Event):
             yield incoming  # (DLQ_TAG, dead letter)
@@ -156,7 +158,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         """A window's end, a held events' retry or a forgotten marker's expiry (or several)."""
         self.mirror.restore(ctx)
         if self.mirror.merge_backlog:
-            self.mirror.merge_some()
+            self._merge_slice()
         self._rank_windows(timestamp)
         user_id = ctx.get_current_key()
         queued = self._take_queued(user_id)
@@ -173,6 +175,10 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             self._store(ctx, user_id, slot, timestamp, None, time.perf_counter())
         if not self._ranked:  # the last ranking of the windows ranked is out
             self.metrics.flush()
+
+    def _merge_slice(self) -> None:
+        self.mirror.merge_some()
+        self.g_backlog.set(self.mirror.merge_backlog)  # (a JVM call only when it changes)
 
     # -- state and timers ----------------------------------------------------------------------
 
