@@ -151,8 +151,10 @@ class _JobPhases:
 
     def latency(self, events: list[dict], rate: float, label: str) -> tuple[dict, float]:
         """``events`` at ``rate``: from each event's production to the first ranking that
-        covers it, percentiles; and the rate achieved. Each event's (sent, latency) goes to
-        ``latency-<label>.csv`` in the output folder (to see when the slow ones happen)."""
+        covers it, percentiles; and the rate achieved. Each event's (sent, latency, and when
+        the job made that ranking: its ``emitted_ts``, same clock) goes to
+        ``latency-<label>.csv`` in the output folder (to see when the slow ones happen, and
+        whether before or after the job)."""
         from streamrank.replay import produce
 
         # The statistics of what came before (a burst at full speed) reach the rankers up to
@@ -169,8 +171,10 @@ class _JobPhases:
         lat = [self.rankings.by_event[e][0] - sent_at[e] for e in sent_at]
         if self.out is not None:
             path = self.out / f"latency-{label.replace(' ', '-')}.csv"
-            path.write_text("sent_ms,latency_ms\n" + "".join(
-                f"{ms},{d}\n" for ms, d in zip(sent_at.values(), lat)))
+            made = self.rankings.emitted
+            path.write_text("sent_ms,latency_ms,ranked_after_ms\n" + "".join(
+                f"{ms},{d},{made.get(e, 0) - ms}\n"
+                for (e, ms), d in zip(sent_at.items(), lat)))
         span = (max(sent_at.values()) - min(sent_at.values())) / 1000
         pct = _percentiles(lat)
         bench_say(f"job latency at {rate:g}/s: p50 {pct['p50_ms']} ms, p95 {pct['p95_ms']} ms, "

@@ -162,6 +162,8 @@ class RankingsReader(TopicReader):
     def __init__(self, bootstrap: str, topic: str, properties: Optional[dict] = None):
         self.latest: dict[str, dict] = {}
         self.by_event: dict[str, list[int]] = defaultdict(list)  # event_id -> receive times
+        # event_id -> when the job made the first ranking that covers it (its emitted_ts)
+        self.emitted: dict[str, int] = {}
         self.tombstones: list[str] = []
         super().__init__(bootstrap, topic, properties)
 
@@ -176,6 +178,7 @@ class RankingsReader(TopicReader):
             for event_id in rec.get("event_ids") or [rec.get("event_id")]:
                 if event_id:  # every event the ranking covers
                     self.by_event[event_id].append(received_ms)
+                    self.emitted.setdefault(event_id, rec.get("emitted_ts") or 0)
 
     def count_ranked(self, event_ids: list[str]) -> int:
         """How many of ``event_ids`` have at least one ranking."""
