@@ -16,11 +16,15 @@ item's co-occurrence counts ride along at most once per ``ranking.neighbours_emi
 and with the entries changed since the item's last send: a ranker that holds that send
 merges only those (in the MovieLens stream ~60 of an item's up to 400 entries in 5 s).
 
-The outbox is memory, but every item in it has a processing-time timer (timers are
-checkpointed) at the boundary where it is due: the first timer of a boundary sends the
-outbox, the others find their item sent. After a restore, a timer whose item is in no outbox
-(its update was in memory when the job failed) reads the item's state and sends it, so no
-update is lost.
+The outbox is memory; timers (checkpointed) make it safe. One timer per boundary, under the
+key of the first item queued for it, sends the outbox. And every item queued has a backstop
+timer at most ``_BACKSTOP_MS`` later (one per item at a time, at its own time, so they do not
+fire together): in normal operation it finds the item sent and does nothing; after a
+restore, a backstop (or boundary) timer whose item this instance has not queued (its update
+was in the lost outbox) reads the item's state and sends it, so no update is lost. (One
+timer per item and boundary did the same, but fired hundreds of Python calls at each
+boundary at once, which starved the ranker on the shared interpreter lock: 776 calls in one
+100 ms at ~1,000 events/s, the ranker's events down to 6 in the next 100 ms.)
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ from contracts.config import RankingSettings
 # Decoded item records kept in memory (see ItemBranch._records): the items of a stream's
 # recent interactions; up to ~max_neighbours x 2 counts each.
 _RECORDS_KEPT = 4096
+# After a failure, what the lost outbox held reaches the rankers within this long (each
+# queued item's backstop timer; see the module docstring).
+_BACKSTOP_MS = 10_000
 
 
 def _next_boundary(now: int, interval_ms: int) -> int:
@@ -81,11 +88,14 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         # held changes is gone, so the first send of an item is whole).
         self._whole_sent: set[str] = set()
         self._sent: tuple[int, set] = (-1, set())  # (boundary, the items its batch carried)
-        self._carriers: set[tuple[int, str]] = set()  # (time, key): timers armed to flush
-        # (key -> the timer last armed): spares most records a timer call. Lost on restore,
-        # where a repeated registration is harmless (one timer per key and time).
-        self._armed: dict[str, int] = {}
-        self._armed_counts: dict[str, int] = {}
+        # The boundary timers armed to send the outbox: (time, key), and their times.
+        self._carriers: set[tuple[int, str]] = set()
+        self._carrier_times: set[int] = set()
+        # Items this instance has queued (all they had is sent unless in the outbox), and
+        # when each one's pending backstop timer fires. Both lost on restore: then a timer of
+        # an item not queued since reads its state and sends it.
+        self._queued: set[str] = set()
+        self._backstop: dict[str, int] = {}
         # Decoded records of up to _RECORDS_KEPT items (the first written goes first), the
         # same as their state (every write goes through _write): an interaction with one of
         # them skips reading and decoding its state. With each, its counts as last written
@@ -155,6 +165,7 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
             self._clear(key)
             self._outbox.pop(key, None)
             self._whole_sent.discard(key)
+            self._queued.discard(key)
             return
         rec = self._read(key)
         if rec.known:
@@ -171,8 +182,8 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
     def _queue(self, ctx, key: str, rec: ItemRecord, changed: list[str],
                now: int) -> Iterable:
         """Put the item's new record in the outbox (``changed``: the keys of its counts this
-        interaction changed), with a timer at the boundary where it is due (two when its
-        counts must wait longer than its statistics)."""
+        interaction changed): a timer at the boundary where it is due, unless one is armed
+        there (and at the one where its counts are, when later), and its backstop timer."""
         pop_ms = self.cfg.popularity_emit_interval_ms
         if pop_ms <= 0:  # every event at once, its counts with it (the outbox stays empty)
             yield self._batch([self._entry(key, rec, bool(changed), now, set(changed))])
@@ -187,33 +198,41 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
                           self.cfg.neighbours_emit_interval_ms)
         self._outbox[key] = _Outgoing(rec, True, due, pending)
         at = _next_boundary(now, pop_ms)
-        self._arm(ctx, self._armed, key, at)
+        self._carry(ctx, key, at)
         if due > at:
-            self._arm(ctx, self._armed_counts, key, _next_boundary(due - 1, pop_ms))
+            self._carry(ctx, key, _next_boundary(due - 1, pop_ms))
+        if len(self._queued) >= 1_000_000:  # (only costs a resend)
+            self._queued.clear()
+            self._backstop.clear()
+        self._queued.add(key)
+        if self._backstop.get(key, 0) <= now:
+            self._backstop[key] = now + _BACKSTOP_MS
+            ctx.timer_service().register_processing_time_timer(now + _BACKSTOP_MS)
 
-    def _arm(self, ctx, armed: dict, key: str, at: int) -> None:
-        if armed.get(key) != at:
-            if len(armed) >= 1_000_000:
-                armed.clear()
-            armed[key] = at
+    def _carry(self, ctx, key: str, at: int) -> None:
+        """A timer at boundary ``at``, under ``key``, unless one is armed there."""
+        if at not in self._carrier_times:
+            self._carrier_times.add(at)
+            self._carriers.add((at, key))
             ctx.timer_service().register_processing_time_timer(at)
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
-        """A boundary (send the outbox, once), or an unknown id's expiry; an item this
-        boundary's batch did not carry and that is not waiting is read from state (after a
-        restore) and sent."""
+        """A boundary (send the outbox, once), an item's backstop, or an unknown id's expiry;
+        an item that this instance has not queued (after a restore) is read from state and
+        sent."""
         key = ctx.get_current_key()
         pop_ms = self.cfg.popularity_emit_interval_ms
         if pop_ms > 0 and timestamp % pop_ms == 0 and self._sent[0] != timestamp:
             yield from self._flush(timestamp)
-            if self._outbox:  # counts still waiting: this key's timer sends them later
-                at = _next_boundary(timestamp, pop_ms)
-                self._carriers.add((at, key))
-                self._arm(ctx, self._armed, key, at)
-        carrier = (timestamp, key) in self._carriers  # a timer armed only to send the outbox
+            if self._outbox:  # counts still waiting: a timer at the next boundary
+                self._carry(ctx, key, _next_boundary(timestamp, pop_ms))
+        carrier = (timestamp, key) in self._carriers  # a timer armed to send the outbox
         if carrier:
             self._carriers.discard((timestamp, key))
-        if carrier or key in self._sent[1] or key in self._outbox:
+            self._carrier_times.discard(timestamp)
+        if self._backstop.get(key) == timestamp:
+            del self._backstop[key]
+        if carrier or key in self._sent[1] or key in self._outbox or key in self._queued:
             return
         rec = self._read(key)  # (no state: an empty record, neither known nor due)
         if not rec.known:

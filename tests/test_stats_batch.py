@@ -202,6 +202,40 @@ def test_after_a_restore_the_timers_resend_what_the_lost_outbox_held(monkeypatch
     assert unpack_counts(sent["b"][1]) == {"a": 1.0, "z": 1.0} and sent["b"][2] is None
 
 
+def test_one_timer_per_boundary_and_a_backstop_per_item_that_resends_after_a_restore(
+        monkeypatch):
+    """A boundary has one timer (not one per item queued for it), and each queued item one
+    backstop timer, at its own time: in normal operation the backstop sends nothing; after
+    a restore, an item that was waiting in the lost outbox, whose boundary timer was another
+    item's, is sent by its backstop."""
+    import operators.item_branch as ib
+
+    keyed = FakeContext()
+    branch = _branch(keyed)
+    for item_id in ("a", "b", "c"):
+        _known(branch, keyed, item_id)
+    monkeypatch.setattr(ib, "now_ms", lambda: 30_200)
+    for item_id in ("a", "b", "c"):
+        _interaction(branch, keyed, item_id)
+    boundary = [t for t in keyed.timers if t[0] == 31_000]
+    backstops = sorted(t for t in keyed.timers if t[0] == 30_200 + ib._BACKSTOP_MS)
+    assert len(boundary) == 1 and backstops == [(40_200, "a"), (40_200, "b"), (40_200, "c")]
+    timers = set(keyed.timers)
+    assert [sorted(i for i, *_ in batch) for batch in _fire(branch, keyed, until=31_000)] == \
+        [["a", "b", "c"]]
+    assert _fire(branch, keyed, until=50_000) == []  # backstops: all sent, nothing again
+    # The same, failing before the boundary: state and timers back, the outbox not.
+    restored = FakeContext(dict(keyed.store), timers)
+    branch = _branch(restored)
+    monkeypatch.setattr(ib, "now_ms", lambda: 30_500)
+    _interaction(branch, restored, "a")  # a again: queued by the new instance
+    first = _fire(branch, restored, until=31_000)
+    assert [sorted(i for i, *_ in batch) for batch in first] == [["a"]]  # a's timer only
+    rest = _fire(branch, restored, until=41_000)  # b and c: their backstops
+    assert sorted(i for batch in rest for i, *_ in batch) == ["b", "c"]
+    assert not branch._outbox
+
+
 def test_interval_zero_sends_every_interaction_at_once(monkeypatch):
     import operators.item_branch as ib
 
