@@ -111,8 +111,9 @@ class CatalogMirror:
         while queue:
             item_id, counts, changes, n = queue.popleft()
             if self._in_catalog(item_id):
+                delta = unpack_counts(changes) if changes is not None else None  # (once)
                 for cat in self.catalogs():
-                    self._counts(cat, item_id, counts, changes)
+                    self._counts(cat, item_id, counts, delta)
             if budget is not None:
                 budget -= n
                 if budget <= 0:
@@ -146,12 +147,12 @@ class CatalogMirror:
             self._state(ctx, NEIGHBOURS_STATE).put_all(halves)
 
     def _counts(self, cat: CatalogIndex, item_id: str, counts: bytes,
-                changes: Optional[bytes]) -> None:
-        """An item's co-occurrence half into ``cat``: only the changed entries when the
-        catalog holds the half they change (the item branch sent it, in order, before), else
-        the whole (each catalog its own dict: they are kept and changed in place)."""
+                delta: Optional[dict[str, float]]) -> None:
+        """An item's co-occurrence half into ``cat``: only the changed entries (``delta``,
+        read-only here) when the catalog holds the half they change (the item branch sent it,
+        in order, before), else the whole (each catalog its own dict: they are kept and
+        changed in place)."""
         half = cat.earlier.get(item_id)
-        delta = unpack_counts(changes) if changes is not None else None
         if delta is None or half is None:
             cat.set_cooccurrence(item_id, unpack_counts(counts),
                                  max_neighbours=self.max_neighbours)

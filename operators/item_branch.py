@@ -88,9 +88,8 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         # held changes is gone, so the first send of an item is whole).
         self._whole_sent: set[str] = set()
         self._sent: tuple[int, set] = (-1, set())  # (boundary, the items its batch carried)
-        # The boundary timers armed to send the outbox: (time, key), and their times.
-        self._carriers: set[tuple[int, str]] = set()
-        self._carrier_times: set[int] = set()
+        # The boundary timers armed to send the outbox: time -> the key armed under.
+        self._carriers: dict[int, str] = {}
         # Items this instance has queued (all they had is sent unless in the outbox), and
         # when each one's pending backstop timer fires. Both lost on restore: then a timer of
         # an item not queued since reads its state and sends it.
@@ -211,9 +210,8 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
 
     def _carry(self, ctx, key: str, at: int) -> None:
         """A timer at boundary ``at``, under ``key``, unless one is armed there."""
-        if at not in self._carrier_times:
-            self._carrier_times.add(at)
-            self._carriers.add((at, key))
+        if at not in self._carriers:
+            self._carriers[at] = key
             ctx.timer_service().register_processing_time_timer(at)
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
@@ -226,10 +224,9 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
             yield from self._flush(timestamp)
             if self._outbox:  # counts still waiting: a timer at the next boundary
                 self._carry(ctx, key, _next_boundary(timestamp, pop_ms))
-        carrier = (timestamp, key) in self._carriers  # a timer armed to send the outbox
+        carrier = self._carriers.get(timestamp) == key  # a timer armed to send the outbox
         if carrier:
-            self._carriers.discard((timestamp, key))
-            self._carrier_times.discard(timestamp)
+            del self._carriers[timestamp]
         if self._backstop.get(key) == timestamp:
             del self._backstop[key]
         if carrier or key in self._sent[1] or key in self._outbox or key in self._queued:

@@ -141,9 +141,9 @@ def cooc_pieces(state, cat, p) -> CoocPieces:
     decays = [decay ** age for age in ages]
     counts = cat.counts()
     get = cat.row.get
-    at = [get(x, -1) for x in items]
-    n = counts[at]  # (-1: a row that is not there yet; replaced below)
-    for j in np.flatnonzero((n <= 0) | (np.array(at) < 0)).tolist():
+    at = np.array([get(x, -1) for x in items])
+    n = np.where(at >= 0, counts[at], 0.0)  # (-1: not an item yet)
+    for j in np.flatnonzero(n <= 0).tolist():  # no interactions yet: history_norm's rule
         n[j] = history_norm(cat, items[j], counts)
     sizes = [r.size for r in rows_l]
     # (count * decay^age) / sqrt(n_x) per entry: the same rounding as item by item
