@@ -5,8 +5,9 @@ One invocation, phases run one after the other so they do not compete for the co
 0. **warm-up**: ``--warmup-events`` events (after all the measured ones in the dataset, from
    users of their own) through the job and the skeleton before they are measured, so that
    the figures are a running job's rather than those of a JVM still compiling its hot paths
-   (the JIT compiler took ~30% of a core over the first ~10 s of events); 0 measures from a
-   cold start;
+   (the JIT compiler took ~30% of a core over the first ~10 s of events); the job's half at
+   once, half at ``--rate``, so that the paced phases' paths (small fetches and produce
+   requests, in the job and in the broker) are compiled too; 0 measures from a cold start;
 1. **throughput**: the job (MiniCluster, ``--parallelism``; or, with ``--taskmanagers N``, a
    standalone cluster of N one-slot TaskManagers at parallelism N: each TaskManager has its
    own Python interpreter, which is how the job scales out) with the catalog loaded and cached;
@@ -14,13 +15,14 @@ One invocation, phases run one after the other so they do not compete for the co
    consecutive events are the same user's) and (b) ``--events`` more, interleaved so that
    consecutive events come from different users (each window ranks many users); events/s =
    events / (last ranking received - first event sent), and the rankings it took;
-2. **latency**: ``--latency-events`` more events at a fixed ``--rate``, then as many (at most
-   ~20 s' worth) at half the measured throughput; from each event's production to the first
-   ranking that covers it, percentiles, and each event's (sent, latency) in
-   ``latency-<phase>.csv``. Each latency phase starts once the job has settled (no events
-   for ``popularity_emit_interval_ms + neighbours_emit_interval_ms`` + 1 s): the statistics
-   of the burst before it reach the rankers up to that late, and would otherwise be measured
-   as the fixed rate's;
+2. **latency**: ``--latency-events`` more events at a fixed ``--rate`` (2,000/s), then as
+   many (at most ~20 s' worth) at half that rate (``half_rate``: 1,000/s); from each event's
+   production to the first ranking that covers it, percentiles, and each event's (sent,
+   latency, and when the job emitted the ranking) in ``latency-<phase>.csv``. Each latency
+   phase starts once the job has settled (no events for ``popularity_emit_interval_ms +
+   neighbours_emit_interval_ms`` + 1 s): the statistics of the burst before it reach the
+   rankers up to that late, and would otherwise be measured as the fixed rate's. The load
+   generator is this process (kafka-python, linger 5 ms: see ``replay.make_producer``);
 3. **skeleton**: ``jobs/skeleton_job.py``, the job's sources, sinks, parsing, keying and state
    accesses without its model, on the time-ordered events: the ceiling of the job's shape
    (``ratio_vs_skeleton``; MiniCluster runs only);

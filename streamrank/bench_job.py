@@ -139,14 +139,22 @@ class _JobPhases:
         bench_say(f"job, {label}: {json.dumps(res)}")
         return res
 
-    def warm_up(self, events: list[dict]) -> None:
-        """``events`` through the job, unmeasured (see ``bench.py``, phase 0)."""
+    def warm_up(self, events: list[dict], rate: Optional[float] = None) -> None:
+        """``events`` through the job, unmeasured (see ``bench.py``, phase 0): all at once,
+        or with a ``rate`` the first half at once and the second at that rate, so that the
+        paths of both kinds of phase (in the job and in the broker: full fetches and produce
+        batches against a few records at a time) are compiled before either is measured."""
         from streamrank.replay import produce
 
         if not events:
             return
-        bench_say(f"warm-up: {len(events)} events, not measured")
-        produce(self.producer, self.topic, events, "user_id", desc="events (warm-up)")
+        half = len(events) // 2 if rate else len(events)
+        bench_say(f"warm-up: {len(events)} events"
+                  + (f", half at once, half at {rate:g}/s" if rate else "") + ", not measured")
+        produce(self.producer, self.topic, events[:half], "user_id", desc="events (warm-up)")
+        if events[half:]:
+            produce(self.producer, self.topic, events[half:], "user_id", rate=rate,
+                    desc="events (warm-up, paced)")
         wait_all(self.rankings, [e["event_id"] for e in events], self.job)
 
     def latency(self, events: list[dict], rate: float, label: str) -> tuple[dict, float]:
@@ -204,7 +212,7 @@ def job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[dic
                          job=job, timeout_s=900)
         cpu = None if taskmanagers else CpuMeter(job.proc.pid, broker_pid)
         phases = _JobPhases(settings, job, rankings, producer, cpu, out)
-        phases.warm_up(streams["warmup"])
+        phases.warm_up(streams["warmup"], rate)
         result.update(phases.throughput(streams["burst"], "time-ordered", streams["prefix"]))
         result["interleaved"] = phases.throughput(streams["interleaved"], "interleaved",
                                                   streams["interleaved_prefix"])
@@ -212,10 +220,10 @@ def job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[dic
         pct, achieved = phases.latency(streams["paced"], rate, "time-ordered")
         result.update(pct, latency_rate_achieved=achieved)
         if streams["sustained"]:
-            half = max(1.0, round(result["events_per_s"] / 2))
+            half = rate / 2
             pct, achieved = phases.latency(streams["sustained"][:max(int(half * 20), 100)],
-                                           half, "half load")
-            result["half_load"] = {"rate": half, "rate_achieved": achieved, **pct}
+                                           half, "half rate")
+            result["half_rate"] = {"rate": half, "rate_achieved": achieved, **pct}
     finally:
         for c in (producer, rankings):
             if c is not None:

@@ -143,8 +143,10 @@ def _add_bench(sub, common) -> None:
                    help="events through the job (and the skeleton) before measuring, from "
                         "users of their own (default 3000; 0 measures a cold start)")
     s.add_argument("--latency-events", type=int, default=3000,
-                   help="events for the fixed-rate latency phase (default 3000)")
-    s.add_argument("--rate", type=float, default=2000, help="latency phase rate (default 2000/s)")
+                   help="events for each fixed-rate latency phase (default 3000)")
+    s.add_argument("--rate", type=float, default=2000,
+                   help="the first latency phase's rate; the second runs at half of it "
+                        "(default 2000/s)")
     s.add_argument("--parallelism", type=int, default=1,
                    help="job parallelism in the MiniCluster (default 1)")
     s.add_argument("--taskmanagers", type=int, default=0,
