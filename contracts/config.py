@@ -61,6 +61,7 @@ class LocalKafkaSettings:
     controller_port: int
     data_dir: str
     heap: str
+    jvm_options: str
 
 
 @dataclass(frozen=True)

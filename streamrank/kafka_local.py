@@ -134,7 +134,8 @@ class LocalBroker:
         heap = self.settings.heap
         with open(self.data_dir / "broker.out", "ab") as out:
             proc = subprocess.Popen(
-                java[:1] + [f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC"] + java[1:]
+                java[:1] + [f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC"]
+                + self.settings.jvm_options.split() + java[1:]
                 + ["kafka.Kafka", str(config)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
