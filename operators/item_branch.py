@@ -16,12 +16,6 @@ item's co-occurrence counts ride along at most once per ``ranking.neighbours_emi
 and with the entries changed since the item's last send: a ranker that holds that send
 merges only those (in the MovieLens stream ~60 of an item's up to 400 entries in 5 s).
 
-A boundary's batch goes out in elements of at most ``_FLUSH_CHUNK`` items, one timer call
-each, 1 ms apart: one element of every item at once (~1,000 at 1,000 events/s, 150-800 KB
-when counts ride along) held the shared interpreter lock for ~10 ms to build and the ranker
-~10 ms to take in, and every wall-clock second's events waited behind both (the latency's
-spikes, 90-150 ms at 1,000 events/s, began within ~40 ms before a boundary).
-
 The outbox is memory; timers (checkpointed) make it safe. One timer per boundary, under the
 key of the first item queued for it, sends the outbox. And every item queued has a backstop
 timer at most ``_BACKSTOP_MS`` later (one per item at a time, at its own time, so they do not
@@ -35,7 +29,6 @@ boundary at once, which starved the ranker on the shared interpreter lock: 776 c
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -58,9 +51,6 @@ _RECORDS_KEPT = 4096
 # After a failure, what the lost outbox held reaches the rankers within this long (each
 # queued item's backstop timer; see the module docstring).
 _BACKSTOP_MS = 10_000
-# Items per broadcast element of a boundary's batch; the rest follow 1 ms later, each chunk
-# in a timer call of its own, so that the ranker's events run between them.
-_FLUSH_CHUNK = 128
 
 
 def _next_boundary(now: int, interval_ms: int) -> int:
@@ -98,10 +88,6 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         # held changes is gone, so the first send of an item is whole).
         self._whole_sent: set[str] = set()
         self._sent: tuple[int, set] = (-1, set())  # (boundary, the items its batch carried)
-        # The items of the boundary being sent, not yet in a chunk, and the time of the timer
-        # that sends the next chunk (0: none).
-        self._flushing: deque[str] = deque()
-        self._chunk_at = 0
         # The boundary timers armed to send the outbox: time -> the key armed under.
         self._carriers: dict[int, str] = {}
         # Items this instance has queued (all they had is sent unless in the outbox), and
@@ -235,13 +221,9 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         key = ctx.get_current_key()
         pop_ms = self.cfg.popularity_emit_interval_ms
         if pop_ms > 0 and timestamp % pop_ms == 0 and self._sent[0] != timestamp:
-            self._sent = (timestamp, set())
-            self._flushing = deque(self._outbox)
-            yield from self._flush_chunk(ctx, timestamp)
+            yield from self._flush(timestamp)
             if self._outbox:  # counts still waiting: a timer at the next boundary
                 self._carry(ctx, key, _next_boundary(timestamp, pop_ms))
-        elif timestamp == self._chunk_at:
-            yield from self._flush_chunk(ctx, timestamp)
         carrier = self._carriers.get(timestamp) == key  # a timer armed to send the outbox
         if carrier:
             del self._carriers[timestamp]
@@ -258,29 +240,19 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         if rec.count > 0:
             yield self._batch([self._entry(key, rec, counts=bool(rec.earlier), now=timestamp)])
 
-    def _flush_chunk(self, ctx, timer_ms: int) -> Iterable:
-        """Up to ``_FLUSH_CHUNK`` of the boundary's items whose statistics or counts are due,
-        as one batch; a timer 1 ms later for the rest. An item counted again meanwhile goes
-        with its latest record."""
-        now, sent = self._sent
-        entries, queue, outbox = [], self._flushing, self._outbox
-        while queue and len(entries) < _FLUSH_CHUNK:
-            key = queue.popleft()
-            out = outbox.get(key)
-            if out is None:
-                continue
+    def _flush(self, now: int) -> Iterable:
+        """One batch of every item in the outbox whose statistics or counts are due."""
+        entries, sent = [], set()
+        for key, out in list(self._outbox.items()):
             counts = bool(out.counts_due) and out.counts_due <= now
             if out.stats or counts:
                 entries.append(self._entry(key, out.rec, counts, now, out.changed))
                 sent.add(key)
             if counts or not out.counts_due:
-                del outbox[key]
+                del self._outbox[key]
             else:
                 out.stats = False
-        self._chunk_at = 0
-        if queue:
-            self._chunk_at = timer_ms + 1
-            ctx.timer_service().register_processing_time_timer(self._chunk_at)
+        self._sent = (now, sent)
         if entries:
             yield self._batch(entries)
 

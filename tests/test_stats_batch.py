@@ -236,36 +236,6 @@ def test_one_timer_per_boundary_and_a_backstop_per_item_that_resends_after_a_res
     assert not branch._outbox
 
 
-def test_a_boundary_sends_its_items_in_chunks_one_timer_call_each(monkeypatch):
-    """A boundary's batch goes out ``_FLUSH_CHUNK`` items per element, each from a timer call
-    of its own 1 ms after the one before (the ranker's events run between them); every item
-    once, one counted again between chunks with its latest record."""
-    import operators.item_branch as ib
-
-    monkeypatch.setattr(ib, "_FLUSH_CHUNK", 2)
-    keyed = FakeContext()
-    branch = _branch(keyed)
-    ids = ["a", "b", "c", "d", "e"]
-    for item_id in ids:
-        _known(branch, keyed, item_id)
-    monkeypatch.setattr(ib, "now_ms", lambda: 40_300)
-    for item_id in ids:
-        _interaction(branch, keyed, item_id)
-    keyed.key = "a"  # the boundary's timer (armed under the first item queued)
-    assert (41_000, "a") in keyed.timers
-    keyed.timers.discard((41_000, "a"))
-    first = [unpack_stats_batch(r[6]) for r in branch.on_timer(41_000, keyed)]
-    assert [[e[0] for e in b] for b in first] == [["a", "b"]]
-    assert (41_001, "a") in keyed.timers  # the next chunk's timer
-    monkeypatch.setattr(ib, "now_ms", lambda: 41_000)
-    _interaction(branch, keyed, "d", context=["a"])  # d changes before its chunk
-    rest = _fire(branch, keyed, until=41_010)
-    assert [[e[0] for e in b] for b in rest] == [["c", "d"], ["e"]]
-    assert dict((e[0], e[2]) for b in rest for e in b)["d"] == 2.0  # its latest record
-    assert not [t for t in keyed.timers if t[0] <= 41_010]
-    assert not branch._flushing and branch._chunk_at == 0
-
-
 def test_interval_zero_sends_every_interaction_at_once(monkeypatch):
     import operators.item_branch as ib
 
