@@ -21,8 +21,9 @@ One invocation, phases run one after the other so they do not compete for the co
    latency, and when the job emitted the ranking) in ``latency-<phase>.csv``. Each latency
    phase starts once the job has settled (no events for ``popularity_emit_interval_ms +
    neighbours_emit_interval_ms`` + 1 s): the statistics of the burst before it reach the
-   rankers up to that late, and would otherwise be measured as the fixed rate's. The load
-   generator is this process (kafka-python, linger 5 ms: see ``replay.make_producer``);
+   rankers up to that late, and would otherwise be measured as the fixed rate's. The paced
+   load generator is Kafka's Java client (``streamrank.paced_producer``; kafka-python
+   without a JDK: ``paced_load_generator`` says which), on the same cores;
 3. **skeleton**: ``jobs/skeleton_job.py``, the job's sources, sinks, parsing, keying and state
    accesses without its model, on the time-ordered events: the ceiling of the job's shape
    (``ratio_vs_skeleton``; MiniCluster runs only);

@@ -116,6 +116,7 @@ class _JobPhases:
                  cpu: Optional[CpuMeter] = None, out: Optional[Path] = None):
         self.settings, self.job, self.rankings, self.producer = settings, job, rankings, producer
         self.out = out  # where each latency phase's per-event CSV goes
+        self.load_generator = ""  # of the paced phases: "java" or "kafka-python"
         self.topic = settings.kafka.topics.events
         self.cpu = cpu
 
@@ -153,9 +154,18 @@ class _JobPhases:
                   + (f", half at once, half at {rate:g}/s" if rate else "") + ", not measured")
         produce(self.producer, self.topic, events[:half], "user_id", desc="events (warm-up)")
         if events[half:]:
-            produce(self.producer, self.topic, events[half:], "user_id", rate=rate,
-                    desc="events (warm-up, paced)")
+            self._paced(events[half:], rate, "events (warm-up, paced)")
         wait_all(self.rankings, [e["event_id"] for e in events], self.job)
+
+    def _paced(self, events: list[dict], rate: float, desc: str) -> dict[str, int]:
+        """``events`` at ``rate`` (``paced_producer``): event_id -> when it was sent."""
+        from streamrank.paced_producer import paced_send
+
+        kafka = self.settings.kafka
+        sent, self.load_generator = paced_send(
+            self.producer, kafka.bootstrap_servers, self.topic, events, "user_id", rate,
+            kafka.properties, desc=desc)
+        return sent
 
     def latency(self, events: list[dict], rate: float, label: str) -> tuple[dict, float]:
         """``events`` at ``rate``: from each event's production to the first ranking that
@@ -163,18 +173,13 @@ class _JobPhases:
         the job made that ranking: its ``emitted_ts``, same clock) goes to
         ``latency-<label>.csv`` in the output folder (to see when the slow ones happen, and
         whether before or after the job)."""
-        from streamrank.replay import produce
-
         # The statistics of what came before (a burst at full speed) reach the rankers up to
         # neighbours_emit_interval_ms later: a fixed rate is measured once they have.
         r = self.settings.ranking
         settle = (r.popularity_emit_interval_ms + r.neighbours_emit_interval_ms) / 1000 + 1
         bench_say(f"latency, {label}, at {rate:g} events/s (after {settle:g} s to settle)")
         time.sleep(settle)
-        sent_at: dict[str, int] = {}
-        produce(self.producer, self.topic, events, "user_id", rate=rate,
-                desc="events (paced)",
-                on_sent=lambda rec, ms: sent_at.__setitem__(rec["event_id"], ms))
+        sent_at = self._paced(events, rate, "events (paced)")
         wait_all(self.rankings, [e["event_id"] for e in events], self.job)
         lat = [self.rankings.by_event[e][0] - sent_at[e] for e in sent_at]
         if self.out is not None:
@@ -224,6 +229,7 @@ def job_phases(settings: Settings, out: Path, taskmanagers: int, items: list[dic
             pct, achieved = phases.latency(streams["sustained"][:max(int(half * 20), 100)],
                                            half, "half rate")
             result["half_rate"] = {"rate": half, "rate_achieved": achieved, **pct}
+        result["paced_load_generator"] = phases.load_generator
     finally:
         for c in (producer, rankings):
             if c is not None:
