@@ -38,6 +38,16 @@ def java_available() -> bool:
     return True
 
 
+def _escape(value, key: bool = False) -> str:
+    """``value`` as ``java.util.Properties.load`` reads it back: backslashes and line breaks
+    escaped (a JAAS config or a path may hold them), and in a key the separators too."""
+    out = str(value).replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    if key:
+        for ch in "=: ":
+            out = out.replace(ch, "\\" + ch)
+    return out
+
+
 def java_paced_send(bootstrap: str, topic: str, records: list[dict], key_field: str,
                     rate: float, properties: Optional[dict] = None,
                     timeout_s: float = 3600) -> dict[str, int]:
@@ -50,8 +60,8 @@ def java_paced_send(bootstrap: str, topic: str, records: list[dict], key_field: 
         src.write_text("".join(
             f"{r['event_id']}\t{r[key_field]}\t{json.dumps(r, separators=(',', ':'))}\n"
             for r in records), encoding="utf-8")
-        props.write_text("".join(f"{k}={v}\n" for k, v in (properties or {}).items()),
-                         encoding="utf-8")
+        props.write_text("".join(f"{_escape(k, key=True)}={_escape(v)}\n"
+                                 for k, v in (properties or {}).items()), encoding="utf-8")
         cmd = ["java", "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", kafka_classpath(),
                str(SOURCE), bootstrap, topic, repr(float(rate)), str(src), str(out),
                str(props)]

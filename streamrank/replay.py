@@ -110,8 +110,9 @@ def make_producer(bootstrap_servers: str, properties: Optional[dict] = None):
     from contracts.kafka_clients import python_client_kwargs
 
     # linger 5 ms: the Java client's default since Kafka 4.0. At 2 ms kafka-python sends a
-    # request per few records and its sender thread took 0.31 of a core at 2,000 records/s
-    # (0.20 at 5 ms): a paced bench phase's load generator took CPU from the job it measures.
+    # request per few records; its sender thread took 0.31 of a core at 2,000 records/s, 0.20
+    # at 5 ms. (The bench's fixed-rate phases send with the Java client instead:
+    # ``streamrank.paced_producer``.)
     kwargs = dict(linger_ms=5, acks=1, batch_size=64 * 1024,
                   max_in_flight_requests_per_connection=5)
     kwargs.update(python_client_kwargs(properties or {}, "producer"))
