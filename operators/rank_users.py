@@ -28,8 +28,17 @@ from recsys.user_step import Emit, Interaction, Reject, Slot, StepConfig, Tombst
 
 
 # A statistics batch that arrives when no event has for this long is merged at once (nothing
-# waits behind it); else a slice per event and timer (``ranking.merge_slice_pairs``).
+# waits behind it); else a slice per event and timer (``ranking.merge_slice_pairs``), paced.
 _IDLE_S = 0.1
+# The share of the ranker's time its co-occurrence merge takes at most: after a slice that
+# took d seconds, the next is merged no sooner than d * (1 / _MERGE_DUTY - 1) later. A
+# boundary's batch is ~100 ms of merging at 1,000 events/s; a slice with every event took
+# it all within the next ~200 ms, the interpreter's lock (shared by every Python operator of
+# the TaskManager) was the merge's for that long and events queued behind it (p99 99-117 ms
+# at 1,000 events/s, spikes at each boundary). Paced, the merge spreads over the interval.
+# At ~2,500 events/s it needs ~20% of the time, so 0.3 keeps up; a longer backlog delays only
+# new co-occurrence counts, never an event.
+_MERGE_DUTY = 0.3
 
 
 @dataclass
@@ -112,6 +121,7 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
         self._queued_at: dict[str, int] = {}
         self._ranked: dict[str, _Queued] = {}
         self._last_event = 0.0  # perf_counter of the last event
+        self._merge_after = 0.0  # perf_counter before which no slice is merged (_MERGE_DUTY)
 
     @property
     def catalog(self):
@@ -177,7 +187,12 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             self.metrics.flush()
 
     def _merge_slice(self) -> None:
+        start = time.perf_counter()
+        if start < self._merge_after:
+            return
         self.mirror.merge_some()
+        end = time.perf_counter()
+        self._merge_after = end + (end - start) * (1 / _MERGE_DUTY - 1)
         self.g_backlog.set(self.mirror.merge_backlog)  # (a JVM call only when it changes)
 
     # -- state and timers ----------------------------------------------------------------------

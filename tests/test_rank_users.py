@@ -84,3 +84,56 @@ def test_every_event_is_covered_once_across_windows(events):
             _event(ranker, ctx, "u", f"i{(w + n) % 8}", f"e{w}.{n}", now=2_000 + 20 * w + n)
         covered += _fire(ranker, ctx, until=2_000 + 20 * w + 19).get("u", [])
     assert covered == [f"e{w}.{n}" for w in range(4) for n in range(events)]
+
+
+def test_the_cooccurrence_merge_takes_a_bounded_share_of_the_rankers_time(monkeypatch):
+    """After a statistics batch, the ranker merges a slice with an event or timer only when
+    the slices so far took at most ``_MERGE_DUTY`` of the time since the batch arrived (a
+    fake clock: each slice takes 1 ms): events in between go without merging, and the lists
+    end as a merge at once would leave them."""
+    from operators import rank_users
+    from operators.codecs import pack_stats_batch
+    from recsys.item_stats import pack_counts
+
+    clock = [1_000.0]
+    monkeypatch.setattr(rank_users.time, "perf_counter", lambda: clock[0])
+    ctx = FakeContext()
+    ranker = _ranker(ctx)
+    ranker.mirror.slice_pairs = 7  # one item's 7 entries a slice
+    slices = []
+    real_merge = ranker.mirror.merge_some
+
+    def merge_some(everything=False):
+        slices.append(everything)
+        clock[0] += 0.001
+        real_merge(everything)
+
+    ranker.mirror.merge_some = merge_some
+    ids = [f"i{i}" for i in range(8)]
+    halves = {x: {y: float(1 + (n + j) % 3) for j, y in enumerate(ids) if y != x}
+              for n, x in enumerate(ids)}
+    batch = pack_stats_batch([(x, 1.0, 2.0, pack_counts(halves[x]), None) for x in ids])
+    _event(ranker, ctx, "u", "i1", "e0", now=1_000)  # an event just now: not idle
+    list(ranker.process_broadcast_element({"kind": "stats", "neighbours": batch}, ctx))
+    assert ranker.mirror.merge_backlog == 7, "one slice as the batch arrives"
+    slices.clear()
+    _event(ranker, ctx, "u", "i2", "e1", now=1_001)  # merges: nothing paced yet
+    _event(ranker, ctx, "u", "i3", "e2", now=1_002)  # 1 ms of merging just now: waits
+    assert slices == [False] and ranker.mirror.merge_backlog == 6
+    wait = 0.001 * (1 / rank_users._MERGE_DUTY - 1)
+    clock[0] += wait * 0.9
+    _event(ranker, ctx, "u", "i4", "e3", now=1_003)
+    assert len(slices) == 1, "still within the merge's share"
+    clock[0] += wait * 0.2
+    _event(ranker, ctx, "u", "i5", "e4", now=1_004)
+    assert len(slices) == 2 and ranker.mirror.merge_backlog == 5
+    for n in range(20):  # later events and timers, each after a long pause: all merged
+        clock[0] += 1.0
+        if n % 2:
+            _fire(ranker, ctx, until=ctx.now + 20)
+        else:
+            _event(ranker, ctx, "v", "i6", f"f{n}", now=ctx.now + 1)
+    assert not ranker.mirror.merge_backlog and len(slices) == 7
+    for x in ids:
+        assert ranker.catalog.neighbours[x] == {y: halves[x][y] + halves[y][x]
+                                                for y in ids if y != x}
