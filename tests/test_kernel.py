@@ -145,3 +145,15 @@ def test_learning_uses_the_features_the_list_was_ranked_with():
     full = recommender.features(st, cat, p, ts)
     for r, got in zip((3, 5, 9), alone):
         np.testing.assert_allclose(got, full[r], rtol=1e-5, atol=1e-6)
+
+
+def test_warm_up_makes_the_first_products_costs_before_a_timed_run():
+    """``warm_up`` (the bench's loop, before its clock starts): one product in the resolved
+    precision, so bf16's catalog copy exists before the first ranking; a no-op on an empty
+    catalog."""
+    kernel.warm_up(CatalogIndex(32), "bf16")
+    cat, _, _ = _catalog_and_users(n=50, users=1)
+    kernel.warm_up(cat, "fp32")
+    assert getattr(cat, "_bf16", None) is None
+    kernel.warm_up(cat, "bf16")
+    assert cat._bf16[0] == (cat.vectors_version, cat.size)
