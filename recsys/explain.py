@@ -18,13 +18,13 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
     """A short reason per ranked row, from the signal that contributed most to its score.
     ``feats``: the rows' feature vectors, in the order of ``rows``. ``pieces``: the
     co-occurrence contributions (``scoring.CoocPieces``), or None."""
-    hist_rows = [cat.row[x] for x in state.history if x in cat.row and not cat.is_deleted(x)]
     best = np.argmax(feats * w, axis=1).tolist() if len(feats) else []
     # For the rows explained by co-occurrence: the history item that contributed most (the
     # first one on ties).
     by_cooc = [r for r, b in zip(rows, best) if b == F_COOC]
     cooc_from = (_cooc_sources(cat, by_cooc, pieces) if by_cooc and pieces is not None
                  and pieces.items else {})
+    hist_rows = _live_rows(cat, state.history) if F_CONTENT in best else []
     by_content = [r for r, b in zip(rows, best) if b == F_CONTENT] if hist_rows else []
     similar: dict[int, int] = {}
     if by_content:  # each such row's most similar recent item, from one product
@@ -50,6 +50,12 @@ def explain_rows(state: UserState, cat: CatalogIndex, p: ModelParams, rows: Sequ
     return out
 
 
+def _live_rows(cat: CatalogIndex, item_ids: Sequence[str]) -> list[int]:
+    """The catalog rows of those items that are in the catalog and not deleted, in order."""
+    rows = [r for r in map(cat.row.get, item_ids) if r is not None]
+    return [r for r, gone in zip(rows, cat.deleted[rows].tolist()) if not gone] if rows else []
+
+
 def _cooc_sources(cat: CatalogIndex, by_cooc: list[int], pieces) -> dict[int, str]:
     """For each row of ``by_cooc``, the recent item whose part in its score is the largest
     (the first in ``pieces``' order on ties; none without a positive part), as array
@@ -62,12 +68,13 @@ def _cooc_sources(cat: CatalogIndex, by_cooc: list[int], pieces) -> dict[int, st
     at, parts = at[parts > 0], parts[parts > 0]
     if not at.size:
         return {}
-    source = np.repeat(np.arange(len(pieces.items)), pieces.sizes)
     j = hit[at]
     order = np.lexsort((at, -parts, j))  # by row, then largest part, then first position
-    first = order[np.r_[True, j[order][1:] != j[order][:-1]]]
-    return {by_cooc[jj]: pieces.items[s] for jj, s in zip(j[first].tolist(),
-                                                          source[at[first]].tolist())}
+    first = at[order[np.r_[True, j[order][1:] != j[order][:-1]]]]
+    # the recent item each chosen entry belongs to: entries are concatenated item by item
+    source = np.searchsorted(np.cumsum(pieces.sizes), first, side="right")
+    return {by_cooc[jj]: pieces.items[s] for jj, s in zip(hit[first].tolist(),
+                                                          source.tolist())}
 
 
 def cite(title: str, max_chars: int) -> str:

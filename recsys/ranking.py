@@ -109,17 +109,57 @@ def top_k(scores: np.ndarray, k: int, exclude: Optional[np.ndarray] = None) -> n
     if exclude is not None and len(exclude):
         scores = scores.copy()
         scores[exclude] = -np.inf
-    valid = np.count_nonzero(np.isfinite(scores))
-    k = min(k, valid)
+    return best_rows(scores, k)
+
+
+# Rows per block of best_rows' bound (at most): 7 us for the block maxima of 10k scores.
+_BLOCK = 128
+
+
+def best_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the ``k`` highest finite ``scores`` (1-D, no NaN), best first, ties by
+    the lower index; fewer when fewer are finite.
+
+    Selected among the rows that reach a lower bound of the k-th best score rather than by a
+    partition of the whole row (~30 against ~115 us for the best 50 of 10k on the 2-core
+    host): with the row cut into blocks, the k-th best of the blocks' maxima is such a bound
+    (k blocks have an element at least that high), and typically ~1% of the rows reach it.
+    Among them, every row tied with the k-th best score is there, so the ties are broken by
+    index exactly, which a partition of the whole row does not do."""
+    n = scores.shape[0]
+    k = min(k, n)
     if k <= 0:
-        return np.empty(0, dtype=np.int64)
-    if k < scores.shape[0]:
-        part = np.argpartition(-scores, k - 1)[:k]
-    else:
-        part = np.arange(scores.shape[0])
-    # Stable order: by score descending, then index ascending.
-    order = np.lexsort((part, -scores[part]))
-    return part[order][:k]
+        return np.empty(0, np.int64)
+    rows = _bound_rows(scores, k)
+    vals = scores[rows]
+    if rows.size > k:  # the k best of the candidates: all above the k-th, then its ties
+        # (the k-th of the negated values: numpy's selection near the end of an array with
+        # thousands of equal values took ~1 ms, against ~50 us near its start)
+        kth = -np.partition(-vals, k - 1)[k - 1]
+        above = vals > kth
+        ties = np.flatnonzero(vals == kth)[: k - int(np.count_nonzero(above))]
+        pick = np.concatenate([np.flatnonzero(above), ties])
+        rows, vals = rows[pick], vals[pick]
+    finite = np.isfinite(vals)
+    if not finite.all():
+        rows, vals = rows[finite], vals[finite]
+    return rows[np.lexsort((rows, -vals))]
+
+
+def _bound_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of ``scores`` (ascending) that include the ``k`` best and every tie of the
+    k-th: those at or above the k-th best of the block maxima; every index when the row is
+    too short for k blocks of 8 or more, or when that bound is -inf."""
+    n = scores.shape[0]
+    block = min(_BLOCK, n // (2 * k))
+    if block < 8:
+        return np.arange(n)
+    whole = n - n % block
+    maxima = scores[:whole].reshape(-1, block).max(axis=1)
+    bound = np.partition(maxima, maxima.size - k)[maxima.size - k]
+    if not bound > -np.inf:
+        return np.arange(n)
+    return np.flatnonzero(scores >= bound)
 
 
 def popularity_update(log_pop: float, weight: float, ts_ms: int, half_life_ms: float) -> float:

@@ -10,7 +10,7 @@ their candidate pools, and diversity over the pools.
    feature), the fused score with popularity and trending (one vector each for the whole
    catalog, cached until the item statistics change: :func:`trend_vector`), seen and
    deleted rows excluded, and the pool of the best ``max(k, mmr_candidates)`` rows by one
-   ``argpartition`` (:func:`pool`);
+   bounded selection (:func:`pool`, ``ranking.best_rows``);
 3. MMR over all users' pools at once (``diversity.mmr_batch``); explanations of the final
    rows only.
 """
@@ -224,12 +224,4 @@ def user_scores(content: np.ndarray, pieces: CoocPieces, cat, w: np.ndarray,
 def pool(scores: np.ndarray, size: int) -> np.ndarray:
     """A user's best ``size`` rows (fewer when fewer are finite), best first, ties by the
     lower row: :func:`ranking.top_k` without the exclusions (already at -inf)."""
-    n = scores.shape[0]
-    size = min(size, n)
-    if size <= 0:
-        return np.empty(0, np.int64)
-    idx = np.argpartition(-scores, size - 1)[:size] if size < n else np.arange(n)
-    s = scores[idx]
-    keep = np.isfinite(s)
-    idx, s = idx[keep], s[keep]
-    return idx[np.lexsort((idx, -s))]
+    return ranking.best_rows(scores, size)

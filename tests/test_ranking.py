@@ -81,6 +81,24 @@ def test_top_k_orders_excludes_and_breaks_ties_by_index():
     assert ranking.top_k(np.full(3, -np.inf), 2).tolist() == []
 
 
+def test_best_rows_equals_a_full_sort_ties_at_the_boundary_included():
+    """The block-bound selection gives exactly the k best of a full stable sort (score
+    descending, index ascending, finite only), with many ties at the k-th score (rounded
+    scores), rows at -inf, catalogs shorter than the blocks and k beyond the finite rows."""
+    rng = np.random.default_rng(7)
+    for trial in range(400):
+        n = int(rng.integers(1, 20_000))
+        s = rng.standard_normal(n)
+        if trial % 2:
+            s = np.round(s, 1)  # thousands of ties
+        if trial % 5 == 0:
+            s[rng.integers(0, n, int(rng.integers(0, n + 1)))] = -np.inf
+        for k in (1, 10, 50, 300):
+            order = np.lexsort((np.arange(n), -s))
+            expect = order[np.isfinite(s[order])][:k]
+            got = ranking.best_rows(s, k)
+            assert got.tolist() == expect.tolist(), (trial, n, k)
+
 def test_popularity_log_space_matches_direct_sum():
     h = 1000.0
     lp = -math.inf
