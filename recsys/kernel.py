@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -133,16 +133,29 @@ class _TorchThread:
                 self._result = (False, e)
             self._response.release()
 
+    def start(self, fn) -> Callable[[], Any]:
+        """Hand ``fn`` to the thread and return at once: the caller runs other Python while
+        it runs (the GIL released by torch), then calls the returned function, exactly once,
+        for the result (or the error). No other product can start in between."""
+        self._caller.acquire()
+        self._fn = fn
+        self._request.release()
+
+        def wait():
+            try:
+                self._response.acquire()
+                ok, value = self._result
+                self._fn = self._result = None
+            finally:
+                self._caller.release()
+            if not ok:
+                raise value
+            return value
+
+        return wait
+
     def call(self, fn):
-        with self._caller:
-            self._fn = fn
-            self._request.release()
-            self._response.acquire()
-            ok, value = self._result
-            self._fn = self._result = None
-        if not ok:
-            raise value
-        return value
+        return self.start(fn)()
 
 
 def _kernel_thread() -> "_TorchThread":
@@ -160,6 +173,23 @@ def _run(fn):
     return _kernel_thread().call(fn) if _offload else fn()
 
 
+def _start(fn) -> Callable[[], Any]:
+    """``fn()`` started on the kernel thread when products are offloaded (else made now):
+    call the result, exactly once, for its value."""
+    if _offload:
+        return _kernel_thread().start(fn)
+    try:
+        value = fn()
+    except BaseException as e:  # raised where the caller waits, as on the kernel thread
+        error = e
+
+        def fail():
+            raise error
+
+        return fail
+    return lambda: value
+
+
 def warm_up(cat, precision: str) -> None:
     """One product against ``cat`` in the precision ``precision`` resolves to, so that a timed
     run that follows does not pay the first one's costs: in bf16, importing torch (~1.1 s on
@@ -174,7 +204,18 @@ def warm_up(cat, precision: str) -> None:
 
 
 def centroid_scores(queries: np.ndarray, cat, precision: str, group: int = 1) -> np.ndarray:
-    """The best of each run of ``group`` consecutive query rows against every catalog row:
+    """:func:`start_centroid_scores`, waited for."""
+    return start_centroid_scores(queries, cat, precision, group)()
+
+
+def start_centroid_scores(queries: np.ndarray, cat, precision: str,
+                          group: int = 1) -> Callable[[], np.ndarray]:
+    """Start the product below and return a function to call, exactly once, for its result.
+    In bf16 in a TaskManager the product runs on the kernel thread with the GIL released, so
+    the caller can compute the rest of a window's ranking (co-occurrence, trends) meanwhile,
+    on the other core; elsewhere it is made before this returns.
+
+    The best of each run of ``group`` consecutive query rows against every catalog row:
     ``(queries @ catalog.T)`` maximised over each group ([q / group, n] float32,
     C-contiguous), for unit query rows, in ``precision`` (``bf16`` or ``fp32``). The
     catalog's bf16 copy is kept on the catalog and rebuilt only when its vectors change.
@@ -200,8 +241,9 @@ def centroid_scores(queries: np.ndarray, cat, precision: str, group: int = 1) ->
             best = best.copy()
             for j in range(1, group):
                 np.maximum(best, prod[:, j], out=best)
-        return np.ascontiguousarray(best.T)
-    return _run(lambda: _bf16_product(queries, cat, mat, group))
+        result = np.ascontiguousarray(best.T)
+        return lambda: result
+    return _start(lambda: _bf16_product(queries, cat, mat, group))
 
 
 def _bf16_product(queries: np.ndarray, cat, mat: np.ndarray, group: int) -> np.ndarray:

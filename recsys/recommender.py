@@ -138,12 +138,17 @@ def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: Mod
     matrix product, then each user's fused scores and pool (see :mod:`recsys.scoring`)."""
     states = [st for st, _ in part]
     n = cat.size
-    content = scoring.content_matrix([st if has_content(st, cat, p) else None for st in states],
-                                     cat, precision)
-    pieces = [scoring.cooc_pieces(st, cat, p) for st in states]
-    pop = cat.relative_log_counts()
-    trends = [scoring.trend_vector(cat, ts, p.popularity_half_life_ms) for _, ts in part]
-    w = np.array([user_weights(st, p) for st in states])
+    # The content product runs on the kernel thread (bf16 in a TaskManager) while this thread
+    # computes the co-occurrence and the other features (see kernel.start_centroid_scores).
+    content_of = scoring.start_content_matrix(
+        [st if has_content(st, cat, p) else None for st in states], cat, precision)
+    try:
+        pieces = [scoring.cooc_pieces(st, cat, p) for st in states]
+        pop = cat.relative_log_counts()
+        trends = [scoring.trend_vector(cat, ts, p.popularity_half_life_ms) for _, ts in part]
+        w = np.array([user_weights(st, p) for st in states])
+    finally:
+        content = content_of()
     deleted = np.flatnonzero(cat.deleted[:n])
     size = max(p.k, p.mmr_candidates)
     scores, cooc, tops, pool = [], [], [], []

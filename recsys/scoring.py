@@ -4,7 +4,9 @@ their candidate pools, and diversity over the pools.
 :func:`recsys.recommender.rank_batch` drives it:
 
 1. content: one matrix product of all the window's users' centroids with the catalog
-   (:func:`recsys.kernel.centroid_scores`, bf16 or fp32), the max over each user's centroids;
+   (:func:`recsys.kernel.start_centroid_scores`, bf16 or fp32), the max over each user's
+   centroids; in a TaskManager in bf16 it runs on the kernel thread while the ranker's
+   thread computes the window's co-occurrence pieces and trends;
 2. per user (:func:`user_scores`), each pass over one row that stays in the CPU's cache:
    co-occurrence (the history neighbours scattered with one ``bincount``, normalised, the log
    feature), the fused score with popularity and trending (one vector each for the whole
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -177,34 +179,40 @@ def cooc_feature(co: np.ndarray, top: float) -> np.ndarray:
     return np.maximum(co, 0.0, out=co)
 
 
-def content_matrix(states: Sequence, cat, precision: str) -> np.ndarray:
-    """[users, n] content scores: each user's best cosine over their centroids (0 for a user
-    given as None: no content, ``recommender.has_content``), from one matrix product for all
-    users (each user's centroids padded to the most any user has with copies of their first,
-    which leaves the max unchanged)."""
+def start_content_matrix(states: Sequence, cat, precision: str) -> Callable[[], np.ndarray]:
+    """Start computing the [users, n] content scores: each user's best cosine over their
+    centroids (0 for a user given as None: no content, ``recommender.has_content``), from one
+    matrix product for all users (each user's centroids padded to the most any user has with
+    copies of their first, which leaves the max unchanged). Returns a function to call,
+    exactly once, for them (:func:`kernel.start_centroid_scores`)."""
     n = cat.size
     out = np.zeros((len(states), n), np.float32)
     owners = [i for i, st in enumerate(states) if st is not None]
     if not owners:
-        return out
+        return lambda: out
     most = max(states[i].centroids.shape[0] for i in owners)
     blocks = np.empty((len(owners), most, cat.dim), np.float32)
     for j, i in enumerate(owners):
         c = states[i].centroids
         blocks[j, : c.shape[0]] = c
         blocks[j, c.shape[0]:] = c[0]
-    best = kernel.centroid_scores(blocks.reshape(-1, cat.dim), cat, precision, group=most)
+    wait = kernel.start_centroid_scores(blocks.reshape(-1, cat.dim), cat, precision,
+                                        group=most)
     if len(owners) == len(states):
-        return best
-    out[owners] = best
-    return out
+        return wait
+
+    def scattered() -> np.ndarray:
+        out[owners] = wait()
+        return out
+
+    return scattered
 
 
 def user_scores(content: np.ndarray, pieces: CoocPieces, cat, w: np.ndarray,
                 trend: np.ndarray, pop: np.ndarray, excluded: np.ndarray) -> tuple:
     """One user's fused score of every catalog row, ``excluded`` rows at -inf: returns
     (scores, the co-occurrence feature, the best co-occurrence score). ``content``: the
-    user's row of :func:`content_matrix`; ``w``: their fusion weights (float64).
+    user's row of :func:`start_content_matrix`'s result; ``w``: their fusion weights (float64).
 
     One user at a time on purpose: each pass then runs over a row that stays in the CPU's
     cache (~78 KB in float64 at 10k items) rather than over [users, n] arrays (1.5 MB at 20

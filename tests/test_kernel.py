@@ -157,3 +157,25 @@ def test_warm_up_makes_the_first_products_costs_before_a_timed_run():
     assert getattr(cat, "_bf16", None) is None
     kernel.warm_up(cat, "bf16")
     assert cat._bf16[0] == (cat.vectors_version, cat.size)
+
+
+def test_a_started_product_runs_while_the_caller_works_and_gives_the_same_scores(monkeypatch):
+    """``start_centroid_scores`` on the kernel thread (how ``rank_batch`` overlaps the content
+    product with the co-occurrence work): the caller's own numpy work in between, then the
+    same scores as made directly; an error in a started product reaches whoever waits, and
+    the thread serves the next product. Without the kernel thread the result is the same."""
+    pytest.importorskip("torch")
+    cat, _, requests = _catalog_and_users(seed=5, n=300, users=8)
+    q = np.stack([st.centroids[0] for st, _ in requests if st.has_interest])
+    direct = kernel.centroid_scores(q, cat, "bf16")
+    assert np.array_equal(kernel.start_centroid_scores(q, cat, "bf16")(), direct)
+    monkeypatch.setattr(kernel, "_offload", True)
+    monkeypatch.setattr(kernel, "_thread", None)
+    wait = kernel.start_centroid_scores(q, cat, "bf16")
+    meanwhile = (q @ q.T).sum()  # the caller is free while the product runs
+    assert np.isfinite(meanwhile)
+    assert np.array_equal(wait(), direct)
+    failing = kernel._start(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing()
+    assert np.array_equal(kernel.start_centroid_scores(q, cat, "bf16")(), direct)
