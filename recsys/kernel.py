@@ -154,9 +154,6 @@ class _TorchThread:
 
         return wait
 
-    def call(self, fn):
-        return self.start(fn)()
-
 
 def _kernel_thread() -> "_TorchThread":
     """The process's one kernel thread (two ranker subtasks of one TaskManager share it),
@@ -168,25 +165,12 @@ def _kernel_thread() -> "_TorchThread":
         return _thread
 
 
-def _run(fn):
-    """``fn()``, on the kernel thread when products are offloaded."""
-    return _kernel_thread().call(fn) if _offload else fn()
-
-
 def _start(fn) -> Callable[[], Any]:
     """``fn()`` started on the kernel thread when products are offloaded (else made now):
     call the result, exactly once, for its value."""
     if _offload:
         return _kernel_thread().start(fn)
-    try:
-        value = fn()
-    except BaseException as e:  # raised where the caller waits, as on the kernel thread
-        error = e
-
-        def fail():
-            raise error
-
-        return fail
+    value = fn()
     return lambda: value
 
 

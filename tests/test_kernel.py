@@ -118,7 +118,7 @@ def test_products_on_the_kernel_thread_equal_direct_ones(monkeypatch):
     worker = kernel._thread
     assert worker is not None
     with pytest.raises(ZeroDivisionError):
-        kernel._run(lambda: 1 / 0)
+        kernel._start(lambda: 1 / 0)()
     assert np.array_equal(kernel.centroid_scores(q, cat, "bf16"), direct)
     assert kernel._thread is worker
 
