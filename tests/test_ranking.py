@@ -84,7 +84,7 @@ def test_top_k_orders_excludes_and_breaks_ties_by_index():
 def test_best_rows_equals_a_full_sort_ties_at_the_boundary_included():
     """The block-bound selection gives exactly the k best of a full stable sort (score
     descending, index ascending, finite only), with many ties at the k-th score (rounded
-    scores), rows at -inf, catalogs shorter than the blocks and k beyond the finite rows."""
+    scores), rows at -inf or NaN, catalogs shorter than the blocks and k beyond the finite rows."""
     rng = np.random.default_rng(7)
     for trial in range(400):
         n = int(rng.integers(1, 20_000))
@@ -93,8 +93,10 @@ def test_best_rows_equals_a_full_sort_ties_at_the_boundary_included():
             s = np.round(s, 1)  # thousands of ties
         if trial % 5 == 0:
             s[rng.integers(0, n, int(rng.integers(0, n + 1)))] = -np.inf
+        if trial % 7 == 0:  # NaN is never selected
+            s[rng.integers(0, n, int(rng.integers(0, 20)))] = np.nan
         for k in (1, 10, 50, 300):
-            order = np.lexsort((np.arange(n), -s))
+            order = np.lexsort((np.arange(n), -np.nan_to_num(s, nan=-np.inf)))
             expect = order[np.isfinite(s[order])][:k]
             got = ranking.best_rows(s, k)
             assert got.tolist() == expect.tolist(), (trial, n, k)
