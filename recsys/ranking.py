@@ -124,9 +124,9 @@ def best_rows(scores: np.ndarray, k: int) -> np.ndarray:
     partition of the whole row (~40 against ~120 us a user for the best 50 of 9,742, on score
     rows captured from a replay, 2-core AVX-512 host): with the row cut into blocks, the k-th
     best of the blocks' maxima is such a bound (k blocks have an element at least that
-    high), and typically 1-5% of the rows reach it.
-    Among them, every row tied with the k-th best score is there, so the ties are broken by
-    index exactly, which a partition of the whole row does not do."""
+    high), and typically 1-5% of the rows reach it. Among them, every row tied with the k-th
+    best score is there, so the ties are broken by index exactly, which a partition of the
+    whole row does not do."""
     n = scores.shape[0]
     k = min(k, n)
     if k <= 0:
@@ -134,7 +134,6 @@ def best_rows(scores: np.ndarray, k: int) -> np.ndarray:
     rows = _bound_rows(scores, k)
     vals = scores[rows]
     if rows.size > k:  # the k best of the candidates: all above the k-th, then its ties
-        vals = np.where(np.isnan(vals), -np.inf, vals)
         # (the k-th of the negated values: numpy's selection near the end of an array with
         # thousands of equal values took ~1 ms, against ~50 us near its start)
         kth = -np.partition(-vals, k - 1)[k - 1]
@@ -149,21 +148,19 @@ def best_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _bound_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of ``scores`` (ascending) that include the ``k`` best and every tie of the
-    k-th: those at or above the k-th best of the block maxima; every index when the row is
-    too short for k blocks of 8 or more, or when that bound is -inf."""
+    """Indices of ``scores`` (ascending, never a NaN) that include the ``k`` best and every
+    tie of the k-th: those at or above the k-th best of the block maxima; every index but the
+    NaN ones when the row is too short for k blocks of 8 or more, when a block's maximum is
+    NaN (it bounds nothing) or when the bound is -inf."""
     n = scores.shape[0]
     block = min(_BLOCK, n // (2 * k))
-    if block < 8:
-        return np.arange(n)
-    whole = n - n % block
-    maxima = scores[:whole].reshape(-1, block).max(axis=1)
-    if np.isnan(maxima).any():  # (a NaN block's maximum bounds nothing: no bound)
-        return np.arange(n)
-    bound = np.partition(maxima, maxima.size - k)[maxima.size - k]
-    if not bound > -np.inf:
-        return np.arange(n)
-    return np.flatnonzero(scores >= bound)
+    if block >= 8:
+        whole = n - n % block
+        maxima = scores[:whole].reshape(-1, block).max(axis=1)
+        bound = np.partition(maxima, maxima.size - k)[maxima.size - k]
+        if bound > -np.inf and not np.isnan(maxima).any():
+            return np.flatnonzero(scores >= bound)
+    return np.flatnonzero(~np.isnan(scores))
 
 
 def popularity_update(log_pop: float, weight: float, ts_ms: int, half_life_ms: float) -> float:

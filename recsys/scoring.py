@@ -186,10 +186,10 @@ def start_content_matrix(states: Sequence, cat, precision: str) -> Callable[[], 
     copies of their first, which leaves the max unchanged). Returns a function to call,
     exactly once, for them (:func:`kernel.start_centroid_scores`)."""
     n = cat.size
-    out = np.zeros((len(states), n), np.float32)
     owners = [i for i, st in enumerate(states) if st is not None]
     if not owners:
-        return lambda: out
+        none = np.zeros((len(states), n), np.float32)
+        return lambda: none
     most = max(states[i].centroids.shape[0] for i in owners)
     blocks = np.empty((len(owners), most, cat.dim), np.float32)
     for j, i in enumerate(owners):
@@ -202,6 +202,7 @@ def start_content_matrix(states: Sequence, cat, precision: str) -> Callable[[], 
         return wait
 
     def scattered() -> np.ndarray:
+        out = np.zeros((len(states), n), np.float32)
         out[owners] = wait()
         return out
 
