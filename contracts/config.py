@@ -118,6 +118,8 @@ class RankingSettings:
     rating_neutral: float
     rating_scale: float
     popularity_half_life_hours: float
+    freshness_weight: float
+    freshness_half_life_hours: float
     popularity_emit_interval_ms: int
     neighbours_emit_interval_ms: int
     merge_slice_pairs: int

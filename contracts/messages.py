@@ -62,6 +62,7 @@ class Item:
     categories: tuple[str, ...]
     ts: int
     deleted: bool = False
+    published_ts: int = 0  # epoch ms; 0 = not given (rankable at once, never "fresh")
 
     def text(self) -> str:
         """The text that is embedded: title, then categories, then description."""
@@ -163,6 +164,29 @@ def _ts(obj: dict, now_ms: int, max_future_skew_ms: int, min_ts_ms: int = 0) -> 
     return ts
 
 
+# Publication times accepted: years 1 to 9999 (anything else is a mistake).
+_MIN_PUBLISHED_MS = -62_135_596_800_000
+_MAX_PUBLISHED_MS = 253_402_300_799_999
+
+
+def _published(obj: dict) -> int:
+    """An item's optional ``published_ts`` (epoch ms): when it may first be ranked, and
+    from when it counts as fresh (``ranking.freshness_*``). Any time in years 1 to 9999, the
+    future included (an embargo); 0 when absent (the one value that means none)."""
+    value = obj.get("published_ts")
+    if value is None:
+        return 0
+    number = _number(value)
+    if number is None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise InvalidRecord("ts_out_of_range", "published_ts is out of any valid range")
+        raise InvalidRecord("bad_type", "published_ts must be a number (epoch milliseconds)")
+    if not _MIN_PUBLISHED_MS <= number <= _MAX_PUBLISHED_MS:
+        raise InvalidRecord("ts_out_of_range", f"published_ts {int(number)} is not in years 1 "
+                            "to 9999")
+    return int(number)
+
+
 def _never_raises(parse):
     """Anything but :class:`InvalidRecord` escaping a parser becomes a ``parser_error``
     naming the exception's type: no record can fail the operator that parses it."""
@@ -257,7 +281,8 @@ def parse_item(raw: Optional[bytes], *, now_ms: int, max_id_length: int = 256,
     for c in categories:
         _text(c, "categories")
     return Item(item_id=item_id, title=title.strip(), description=description.strip(),
-                categories=tuple(c.strip() for c in categories if c.strip()), ts=ts)
+                categories=tuple(c.strip() for c in categories if c.strip()), ts=ts,
+                published_ts=_published(obj))
 
 
 DLQ_MAX_RAW_BYTES = 65_536

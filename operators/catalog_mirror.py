@@ -167,19 +167,20 @@ class CatalogMirror:
     def _item(self, update, ctx) -> None:
         item_id, model = update["item_id"], update["model"] or self.model_id
         vec = np.frombuffer(bytes(update["vector"]), dtype=np.float32)
-        packed = pack_catalog_entry(update["title"], update["vector"])
+        published = update["published_ts"] or 0
+        packed = pack_catalog_entry(update["title"], update["vector"], published)
         if self.active_model is None:
             self.active_model = model
             self._state(ctx, MODELS_STATE).put("active", model)
         if model == self.active_model:
-            self.catalog.upsert(item_id, update["title"], vec)
+            self.catalog.upsert(item_id, update["title"], vec, published)
             self._state(ctx, CATALOG_STATE).put(item_id, packed)
             return
         if model != self.staging_model:
             self._start_staging(model)
             self._state(ctx, STAGING_STATE).clear()
             self._state(ctx, MODELS_STATE).put("staging", model)
-        self.staging.upsert(item_id, update["title"], vec)
+        self.staging.upsert(item_id, update["title"], vec, published)
         self._state(ctx, STAGING_STATE).put(item_id, packed)
         self.missing.discard(item_id)
         if not self.missing:

@@ -12,15 +12,28 @@ _TITLE_LEN = struct.Struct("<I")
 STATS = struct.Struct("<dd")  # log_pop, count
 
 
-def pack_catalog_entry(title: str, vector: bytes) -> bytes:
+# A catalog entry: the title's length (with _PUBLISHED set when a publication time follows
+# the title: entries written before it had none), the title, [the time,] the vector.
+_PUBLISHED = 1 << 31
+_TIME = struct.Struct("<q")
+
+
+def pack_catalog_entry(title: str, vector: bytes, published_ts: int = 0) -> bytes:
     t = title.encode("utf-8")
-    return _TITLE_LEN.pack(len(t)) + t + bytes(vector)
+    if not published_ts:
+        return _TITLE_LEN.pack(len(t)) + t + bytes(vector)
+    return _TITLE_LEN.pack(len(t) | _PUBLISHED) + t + _TIME.pack(published_ts) + bytes(vector)
 
 
-def unpack_catalog_entry(data: bytes) -> tuple[str, np.ndarray]:
+def unpack_catalog_entry(data: bytes) -> tuple[str, np.ndarray, int]:
+    """(title, vector, publication time or 0): the arguments of ``CatalogIndex.upsert``."""
     (n,) = _TITLE_LEN.unpack_from(data, 0)
-    title = bytes(data[4:4 + n]).decode("utf-8")
-    return title, np.frombuffer(bytes(data[4 + n:]), dtype=np.float32)
+    at, published = 4 + (n & ~_PUBLISHED), 0
+    title = bytes(data[4:at]).decode("utf-8")
+    if n & _PUBLISHED:
+        (published,) = _TIME.unpack_from(data, at)
+        at += _TIME.size
+    return title, np.frombuffer(bytes(data[at:]), dtype=np.float32), published
 
 
 def pack_interaction(event_type: str, weight: float, ts: int, context: list[str]) -> bytes:

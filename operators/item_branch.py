@@ -278,4 +278,4 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
     def _batch(self, entries: list) -> Row:
         self.batches.inc()
         self.batched_items.inc(len(entries))
-        return Row("stats", "", "", None, None, None, pack_stats_batch(entries), None)
+        return Row("stats", "", "", None, None, None, pack_stats_batch(entries), None, None)

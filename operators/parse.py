@@ -90,7 +90,7 @@ class ParseItems(ProcessFunction, LoggedOpen):
                 item_id = None  # not an item id: the null value goes to the DLQ below
             if item_id is not None:
                 yield Row(item_id, "", "", True, source_ts(row["ts"]), row["partition"],
-                          row["offset"])
+                          row["offset"], 0)
                 return
         item = _parse_guarded(parse_item, raw, self.validation,
                               max_text_chars=self.validation.max_text_chars)
@@ -100,4 +100,4 @@ class ParseItems(ProcessFunction, LoggedOpen):
             return
         self.items_in.inc()
         yield Row(item.item_id, item.title, item.text(), item.deleted, item.ts,
-                  row["partition"], row["offset"])
+                  row["partition"], row["offset"], item.published_ts)

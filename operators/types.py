@@ -16,9 +16,9 @@ EVENT_TYPE = Types.ROW_NAMED(
      Types.LONG(), Types.INT(), Types.LONG()],
 )
 ITEM_TYPE = Types.ROW_NAMED(
-    ["item_id", "title", "text", "deleted", "ts", "partition", "offset"],
+    ["item_id", "title", "text", "deleted", "ts", "partition", "offset", "published_ts"],
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.BOOLEAN(), Types.LONG(),
-     Types.INT(), Types.LONG()],
+     Types.INT(), Types.LONG(), Types.LONG()],
 )
 # What reaches the ranker by broadcast: an embedded item ("item"), a deletion ("delete"), or
 # a batch of items' statistics from the item branch ("stats": ``codecs.pack_stats_batch`` in
@@ -26,13 +26,15 @@ ITEM_TYPE = Types.ROW_NAMED(
 # ``ranking.neighbours_emit_interval_ms``, its half of the co-occurrence counts, see
 # CatalogIndex.set_cooccurrence). (Earlier versions sent one item's as "pop" and "nbrs";
 # with aligned checkpoints no element in flight outlives an upgrade.)
-# ``model`` is the embedding model of an "item" vector. Kind "dead-letter" (an item that could
+# ``model`` is the embedding model of an "item" vector, ``published_ts`` its publication time
+# (epoch ms, 0 for none; ``contracts.messages.Item``). Kind "dead-letter" (an item that could
 # not be embedded; its DLQ record in ``vector``) never reaches the rankers: see
 # ``jobs/ranking_job.py``.
 CATALOG_UPDATE_TYPE = Types.ROW_NAMED(
-    ["kind", "item_id", "title", "vector", "log_pop", "count", "neighbours", "model"],
+    ["kind", "item_id", "title", "vector", "log_pop", "count", "neighbours", "model",
+     "published_ts"],
     [Types.STRING(), Types.STRING(), Types.STRING(), BYTES, Types.DOUBLE(), Types.DOUBLE(),
-     BYTES, Types.STRING()],
+     BYTES, Types.STRING(), Types.LONG()],
 )
 KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [BYTES, BYTES])
 VALUE_RECORD_TYPE = Types.ROW_NAMED(["v"], [BYTES])

@@ -35,6 +35,11 @@ class CatalogIndex(CooccurrenceLists):
         self.log_pop = np.full(0, -math.inf)
         self.count = np.zeros(0)  # interactions per item (co-occurrence normalisation)
         self.keys = np.zeros(0, np.uint64)  # each row's item key (user_state.item_key)
+        # Each row's publication time (epoch ms, before 1970 negative; 0 = none given, always
+        # rankable): an item is not ranked for an event before it, and is fresh after it.
+        self.published = np.zeros(0, np.int64)
+        self._published_version = 0
+        self._by_published: tuple = (-1, np.empty(0, np.int64), np.empty(0, np.int64))
         self._key_index: tuple = (-1, None, None)  # (ids version, sorted keys, their rows)
         self._ids_version = 0
         self._early_pop: dict[str, tuple[float, float]] = {}  # stats of items not embedded yet
@@ -77,10 +82,14 @@ class CatalogIndex(CooccurrenceLists):
                                        np.full(cap - self._n, -math.inf)])
         self.count = np.concatenate([self.count[: self._n], np.zeros(cap - self._n)])
         self.keys = np.concatenate([self.keys[: self._n], np.zeros(cap - self._n, np.uint64)])
+        self.published = np.concatenate([self.published[: self._n],
+                                         np.zeros(cap - self._n, np.int64)])
         self._capacity = cap
 
-    def upsert(self, item_id: str, title: str, vector: np.ndarray) -> int:
-        """Insert or replace an item's embedding; returns its row."""
+    def upsert(self, item_id: str, title: str, vector: np.ndarray,
+               published_ts: int = 0) -> int:
+        """Insert or replace an item's embedding (and publication time, epoch ms: 0 for
+        none); returns its row."""
         vec = np.asarray(vector, dtype=np.float32)
         if self.dim is None or self._n == 0:
             if self.dim != vec.shape[0]:
@@ -108,6 +117,9 @@ class CatalogIndex(CooccurrenceLists):
         self.matrix[r] = vec
         self.deleted[r] = False
         self.vectors_version += 1
+        if self.published[r] != published_ts:
+            self.published[r] = published_ts
+            self._published_version += 1
         return r
 
     def _new_row(self, item_id: str, title: str) -> int:
@@ -192,11 +204,38 @@ class CatalogIndex(CooccurrenceLists):
         at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
         return rows[at[sorted_keys[at] == keys]]
 
-    def exclusion_mask(self, seen_keys: np.ndarray) -> np.ndarray:
-        """Deleted rows and the rows of the seen items' keys."""
+    def exclusion_mask(self, seen_keys: np.ndarray, now_ts: Optional[int] = None) -> np.ndarray:
+        """Deleted rows, the rows of the seen items' keys and, given ``now_ts``, the rows
+        not published by then."""
         mask = self.deleted[: self._n].copy()
         mask[self.rows_of_keys(seen_keys)] = True
+        if now_ts is not None:
+            mask[self.unpublished_rows(now_ts)] = True
         return mask
+
+    def unpublished_rows(self, now_ts: int) -> np.ndarray:
+        """The rows of items published after ``now_ts`` (not to be ranked yet)."""
+        times, rows = self._published_order()
+        if times.size == 0 or times[-1] <= now_ts:
+            return rows[:0]
+        return rows[np.searchsorted(times, now_ts, side="right"):]
+
+    def published_since(self, now_ts: int, horizon_ms: float) -> tuple:
+        """(rows, ages in ms) of the items published in the ``horizon_ms`` up to ``now_ts``."""
+        times, rows = self._published_order()
+        lo, hi = np.searchsorted(times, [now_ts - horizon_ms, now_ts], side="right")
+        return rows[lo:hi], now_ts - times[lo:hi]
+
+    def _published_order(self) -> tuple:
+        """(publication times, rows) of the rows that have one, by time; once per change."""
+        version, times, rows = self._by_published
+        if version != self._published_version:
+            pub = self.published[: self._n]
+            rows = np.flatnonzero(pub)
+            rows = rows[np.argsort(pub[rows], kind="stable")]
+            times = pub[rows]
+            self._by_published = (self._published_version, times, rows)
+        return times, rows
 
     @property
     def stats_version(self) -> int:

@@ -25,6 +25,8 @@ class ModelParams:
     alpha: float
     half_life_ms: float
     popularity_half_life_ms: float
+    freshness_weight: float
+    freshness_half_life_ms: float
     history_size: int
     history_decay: float
     cooc_context_size: int
@@ -61,6 +63,8 @@ class ModelParams:
             centroid_open_threshold=r.centroid_open_threshold, alpha=r.alpha,
             half_life_ms=r.half_life_hours * ranking.MS_PER_HOUR,
             popularity_half_life_ms=r.popularity_half_life_hours * ranking.MS_PER_HOUR,
+            freshness_weight=r.freshness_weight,
+            freshness_half_life_ms=r.freshness_half_life_hours * ranking.MS_PER_HOUR,
             history_size=r.history_size, history_decay=r.history_decay,
             cooc_context_size=r.cooc_context_size,
             fusion_weights=tuple(float(r.fusion_weights[f]) for f in fusion.FEATURES),

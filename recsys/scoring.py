@@ -37,6 +37,21 @@ _COOC_SPAN = -math.log(COOC_FLOOR)
 TREND_STEPS = 1024
 
 
+# Items are fresh for this many freshness half-lives after their publication (then 2^-10).
+FRESH_HALF_LIVES = 10
+
+
+def freshness(cat, now_ts: int, half_life_ms: float) -> tuple:
+    """(rows, values): 0.5 ** (age / ``half_life_ms``) of the items published in the
+    ``FRESH_HALF_LIVES`` half-lives up to ``now_ts`` (``CatalogIndex.published``); every other
+    row's freshness is 0. Not a learned feature: ``ranking.freshness_weight`` times it is
+    added to the fused score."""
+    if not half_life_ms > 0:
+        return np.empty(0, np.int64), np.empty(0)
+    rows, ages = cat.published_since(now_ts, FRESH_HALF_LIVES * half_life_ms)
+    return rows, np.exp2(ages / -half_life_ms)
+
+
 def trend_clock(now_ts: int, half_life_ms: float) -> int:
     """The time the trending feature is evaluated at (see ``TREND_STEPS``)."""
     if not math.isfinite(half_life_ms) or half_life_ms <= 0:
@@ -210,10 +225,12 @@ def start_content_matrix(states: Sequence, cat, precision: str) -> Callable[[], 
 
 
 def user_scores(content: np.ndarray, pieces: CoocPieces, cat, w: np.ndarray,
-                trend: np.ndarray, pop: np.ndarray, excluded: np.ndarray) -> tuple:
+                trend: np.ndarray, pop: np.ndarray, excluded: np.ndarray,
+                fresh: tuple = (), fresh_weight: float = 0.0) -> tuple:
     """One user's fused score of every catalog row, ``excluded`` rows at -inf: returns
     (scores, the co-occurrence feature, the best co-occurrence score). ``content``: the
-    user's row of :func:`start_content_matrix`'s result; ``w``: their fusion weights (float64).
+    user's row of :func:`start_content_matrix`'s result; ``w``: their fusion weights (float64);
+    ``fresh``: :func:`freshness` at the user's event time, added times ``fresh_weight``.
 
     One user at a time on purpose: each pass then runs over a row that stays in the CPU's
     cache (~78 KB in float64 at 10k items) rather than over [users, n] arrays (1.5 MB at 20
@@ -226,6 +243,8 @@ def user_scores(content: np.ndarray, pieces: CoocPieces, cat, w: np.ndarray,
     scores += term
     scores += np.multiply(pop, w[F_POP], out=term)
     scores += np.multiply(trend, w[F_TREND], out=term)
+    if fresh_weight and len(fresh) and fresh[0].size:
+        scores[fresh[0]] += fresh_weight * fresh[1]
     scores[excluded] = -np.inf
     return scores, cooc, top
 

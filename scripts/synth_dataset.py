@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,7 +41,9 @@ def synthesise(users: int, items: int, ratings: int, seed: int):
         g = rng.choice(genres)
         words = rng.sample(GENRES[g].split(), 2)
         released.append(rng.random())  # release time, as a fraction of the timeline
-        year = 1990 + int(released[-1] * 30)
+        # (the calendar year of the release, on the ratings' clock below: the replay makes
+        # January 1 of it the item's publication time)
+        year = time.gmtime(1_000_000_000 + int(released[-1] * 300_000_000)).tm_year
         movies.append((mid, f"The {words[0].title()} {words[1].title()} ({year})", g))
         by_genre[g].append(mid)
     weight = {mid: 1.0 / (1 + rng.random() * 50) for mid in range(1, items + 1)}  # appeal

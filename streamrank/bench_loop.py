@@ -35,7 +35,8 @@ def _loop_catalog(settings: Settings) -> tuple:
             if it.deleted:
                 cat.delete(it.item_id)
             else:
-                cat.upsert(it.item_id, it.title, embedder.embed([it.text()])[0])
+                cat.upsert(it.item_id, it.title, embedder.embed([it.text()])[0],
+                           it.published_ts)
     finally:
         consumer.close()
         embedder.close()

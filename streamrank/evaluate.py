@@ -94,7 +94,7 @@ class Prequential:
             lists = {m: self._shown(users, user, ts, positive)
                      for m, users in self.variants.items() if m in self.methods}
         if positive and target is not None:
-            self._score(user, st, target, lists, cooc)
+            self._score(user, st, target, lists, cooc, ts)
         if target is not None:
             vec = self.single.get(user)
             base = vec if vec is not None else np.zeros(cat.dim, np.float32)
@@ -124,7 +124,7 @@ class Prequential:
             return ranked.rows
         return [self.cat.row[x] for x in st.shown if x in self.cat.row] if positive else []
 
-    def _score(self, user: str, st, target: int, lists: dict, cooc) -> None:
+    def _score(self, user: str, st, target: int, lists: dict, cooc, ts: int) -> None:
         cat, k = self.cat, self.p.k
         self.n_eval += 1
         slices = ["all"]
@@ -134,7 +134,7 @@ class Prequential:
             slices.append("cold_users")
         for sl in slices:
             self.counts[sl] += 1
-        exclude = cat.exclusion_mask(st.seen)
+        exclude = cat.exclusion_mask(st.seen, ts)  # (items not yet published too)
         for m in self.methods:
             if m in lists:
                 rows = lists[m]

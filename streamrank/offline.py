@@ -43,5 +43,5 @@ def catalog_of(parsed: list, vectors: np.ndarray, capacity: int = 1024) -> Catal
     cat = CatalogIndex(dim=vectors.shape[1], capacity=max(capacity, len(parsed)))
     for it, vec in zip(parsed, vectors):
         if not it.deleted:
-            cat.upsert(it.item_id, it.title, vec)
+            cat.upsert(it.item_id, it.title, vec, it.published_ts)
     return cat

@@ -26,7 +26,7 @@ def write_dataset(root: Path, users_per_genre: int = 8, ratings_per_user: int = 
     mid = 1
     for genre, words in GENRE_WORDS.items():
         for w in words:
-            movies.append((mid, f"The {w.title()} ({1990 + mid})", genre))
+            movies.append((mid, f"The {w.title()} ({1980 + mid % 20})", genre))  # (before 2001)
             by_genre.setdefault(genre, []).append(mid)
             mid += 1
     ratings = []

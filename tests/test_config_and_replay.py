@@ -66,8 +66,10 @@ def test_movielens_layout_to_items_and_time_ordered_events(tmp_path):
     items = read_items(tmp_path, now_ms=5)
     assert items[0] == {"item_id": "1", "title": "Toy Story (1995)",
                         "categories": ["Animation", "Children"], "ts": 5,
-                        "description": "Tags: pixar, fun."}
+                        "description": "Tags: pixar, fun.", "published_ts": 788_918_400_000}
+    # (January 1, 1995 UTC: the year in the title; a title without a year gives no time)
     assert items[1]["categories"] == [] and "description" not in items[1]
+    assert "published_ts" not in items[1]
     events = read_events(tmp_path, id_prefix="t")
     assert [e["ts"] for e in events] == [100_000, 200_000, 300_000]
     assert events[0] == {"event_id": "t-1", "user_id": "2", "item_id": "1", "type": "rating",

@@ -1,6 +1,8 @@
 """The batched scoring kernel (``recsys.scoring``, ``recsys.kernel``): the same top-k as the
 one-user reference (``recommender.rank_one``) in fp32, and how far bf16 moves it."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -21,8 +23,11 @@ def _catalog_and_users(seed: int = 11, n: int = 500, users: int = 37):
     for i in range(0, n, 7):
         cat.set_neighbours(f"i{i}", {f"i{(i * 3 + j) % n}": float(j + 1) for j in range(20)})
     cat.delete("i3")
+    for i in range(0, n, 11):  # published during the requests (2000-2036): some not yet
+        cat.upsert(f"i{i}", f"T{i}", cat.matrix[i].copy(), published_ts=1990 + i // 11)
     p = ModelParams.defaults(max_centroids=4, centroid_open_threshold=0.9,
-                             kernel_precision="fp32")
+                             kernel_precision="fp32", freshness_weight=2.0,
+                             freshness_half_life_ms=10.0)
     requests = []
     for u in range(users):
         st = UserState.empty(32)
@@ -36,13 +41,17 @@ def _catalog_and_users(seed: int = 11, n: int = 500, users: int = 37):
 
 
 def test_batched_kernel_in_fp32_equals_the_one_user_reference():
-    """Users with 0 to 4 centroids, learned weights, seen items, co-occurrence history and a
-    deleted item: every user's rows, reasons and scores are the reference's."""
+    """Users with 0 to 4 centroids, learned weights, seen items, co-occurrence history, a
+    deleted item and items published during the requests (freshness, and not ranked before
+    their publication): every user's rows, reasons and scores are the reference's."""
     cat, p, requests = _catalog_and_users()
     assert {st.centroids.shape[0] for st, _ in requests} >= {0, 1, 2, 3, 4}
     alone = [recommender.rank_one(st, cat, p, ts, exact=True) for st, ts in requests]
     together = recommender.rank_batch(requests, cat, p, chunk=16)
     assert [r.rows for r in together] == [r.rows for r in alone]
+    # Items published by then, fresh ones among them; none published later.
+    shown = [(cat.published[r], ts) for (_, ts), rk in zip(requests, together) for r in rk.rows]
+    assert all(pub <= ts for pub, ts in shown) and any(pub > 0 for pub, _ in shown)
     assert [r.reasons for r in together] == [r.reasons for r in alone]
     for a, b in zip(alone, together):
         np.testing.assert_allclose(b.scores, a.scores, rtol=1e-5, atol=1e-6)
@@ -67,8 +76,8 @@ def test_bf16_kernel_agrees_with_fp32(capsys):
     pytest.importorskip("torch")
     cat, p, requests = _catalog_and_users(seed=5, n=2000, users=64)
     fp32 = recommender.rank_batch(requests, cat, p, explain=False)
-    bf16 = recommender.rank_batch(requests, cat, ModelParams.defaults(
-        max_centroids=4, centroid_open_threshold=0.9, kernel_precision="bf16"), explain=False)
+    bf16 = recommender.rank_batch(requests, cat, dataclasses.replace(
+        p, kernel_precision="bf16"), explain=False)
     shared = [len(set(a.rows) & set(b.rows)) / max(len(a.rows), 1) for a, b in zip(fp32, bf16)]
     same_order = np.mean([a.rows == b.rows for a, b in zip(fp32, bf16)])
     q = np.stack([st.centroids[0] for st, _ in requests if st.has_interest])

@@ -69,6 +69,25 @@ def test_item_text_and_validation():
     assert err.value.reason == "text_too_long"
 
 
+@pytest.mark.parametrize("value,reason", [
+    (None, None), (0, None), (NOW + 10 ** 12, None),  # (a future publication is an embargo)
+    (1.5e12, None), (-631_152_000_000, None),  # (1950: before 1970 is negative)
+    ("2020", "bad_type"), (True, "bad_type"), (-62_135_596_800_001, "ts_out_of_range"),
+    (10 ** 30, "ts_out_of_range"), (253_402_300_800_000, "ts_out_of_range"),
+])
+def test_an_items_publication_time_is_optional_and_checked(value, reason):
+    record = {"item_id": "7", "title": "Alien (1979)"}
+    if value is not None:
+        record["published_ts"] = value
+    raw = json.dumps(record).encode()
+    if reason is None:
+        assert parse_item(raw, now_ms=NOW).published_ts == int(value or 0)
+    else:
+        with pytest.raises(InvalidRecord) as err:
+            parse_item(raw, now_ms=NOW)
+        assert err.value.reason == reason and "published_ts" in str(err.value)
+
+
 def test_dlq_record_keeps_raw_bytes_and_source_position():
     rec = json.loads(dlq_record(InvalidRecord("not_json", "oops"), b"{bad", "events", 2, 41, 5))
     assert rec["reason"] == "not_json" and rec["error"].startswith("not_json")

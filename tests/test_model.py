@@ -175,6 +175,35 @@ def test_rank_explains_and_excludes_seen():
     assert not recommender.apply_event(st, cat, p, "unknown", 1.0, 3000)
 
 
+@pytest.mark.parametrize("exact", [True, False])
+def test_an_item_is_ranked_from_its_publication_on_and_fresh_items_rise(exact):
+    """i5 (published at 5,000 ms) has i1's vector: before its publication no list holds it;
+    at it, freshness puts it above i1; ten half-lives later the two tie again (i1 first, the
+    lower row). Both the batched kernel and a large catalog's candidate path."""
+    cat = small_catalog()
+    cat.upsert("i5", "Title 5", unit([0.9, 0.1, 0]), published_ts=5000)
+    rng = np.random.default_rng(0)
+    for j in range(200):  # far from the user's interest (and an ANN index can be trained)
+        cat.upsert(f"f{j}", "filler", unit(-1 + 0.1 * rng.standard_normal(3)))
+    p = ModelParams.defaults(k=6, event_weights={"like": 1.0}, mmr_lambda=1.0,
+                             fusion_weights=(1.0, 0.0, 0.0, 0.0), freshness_weight=0.1,
+                             freshness_half_life_ms=1000.0, exact_max_items=20 if not exact
+                             else 20000, ann_candidates=6, popular_candidates=6)
+    st = UserState.empty(3)
+    assert recommender.apply_event(st, cat, p, "i0", 1.0, 1000)
+
+    def ids(ts):
+        return [cat.ids[r] for r in recommender.rank(st, cat, p, ts, exact=exact).rows]
+
+    assert "i5" not in ids(4999) and "i1" in ids(4999)
+    assert ids(5000).index("i5") < ids(5000).index("i1")
+    assert ids(5000 + 1000 * 30).index("i1") < ids(5000 + 1000 * 30).index("i5")
+    one = recommender.rank_one(st, cat, p, 5000, exact=exact)
+    assert [cat.ids[r] for r in one.rows] == ids(5000)
+    assert cat.exclusion_mask(st.seen, 4999)[cat.row["i5"]]
+    assert not cat.exclusion_mask(st.seen, 5000)[cat.row["i5"]]
+
+
 def test_learning_moves_weights_towards_the_signal_that_predicted_the_choice():
     cat = small_catalog()
     p = ModelParams.defaults(k=2, event_weights={"like": 1.0}, learning_rate=0.5, l2=0.0)

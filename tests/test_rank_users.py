@@ -27,7 +27,7 @@ def _ranker(ctx, items=8):
         vec[i % 8] = 1.0
         list(ranker.process_broadcast_element(
             {"kind": "item", "item_id": f"i{i}", "title": f"item {i}", "vector": vec.tobytes(),
-             "model": "m"}, ctx))
+             "model": "m", "published_ts": 0}, ctx))
     return ranker
 
 

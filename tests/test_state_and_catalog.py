@@ -1,4 +1,5 @@
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -185,6 +186,20 @@ def test_interaction_records_round_trip():
     for ctx in ([], ["a"], ["x1", "é2", "a b"]):
         assert unpack_interaction(pack_interaction("rating", 0.75, 123456789012, ctx)) == \
             ("rating", 0.75, 123456789012, ctx)
+
+
+def test_catalog_entries_round_trip_with_and_without_a_publication_time():
+    """The ranker's broadcast state of an item; an entry written before publication times
+    were kept reads as published at 0."""
+    from operators.codecs import pack_catalog_entry, unpack_catalog_entry
+
+    vec = np.arange(4, dtype=np.float32)
+    for title, published in (("T", 0), ("Été (1995)", 788_918_400_000), ("", 1)):
+        got = unpack_catalog_entry(pack_catalog_entry(title, vec.tobytes(), published))
+        assert got[0] == title and got[2] == published
+        np.testing.assert_array_equal(got[1], vec)
+    old = struct.pack("<I", 1) + b"T" + vec.tobytes()
+    assert unpack_catalog_entry(old)[0] == "T" and unpack_catalog_entry(old)[2] == 0
 
 
 def test_seen_keys_find_their_rows_after_rows_are_taken_over():

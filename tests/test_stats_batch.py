@@ -31,7 +31,7 @@ def _mirror_with(ids, slice_pairs: int = 0):
         vec = np.zeros(8, np.float32)
         vec[i % 8] = 1.0
         mirror.apply({"kind": "item", "item_id": item_id, "title": item_id,
-                      "vector": vec.tobytes(), "model": "m"}, ctx)
+                      "vector": vec.tobytes(), "model": "m", "published_ts": 0}, ctx)
     return mirror, ctx
 
 
@@ -80,7 +80,7 @@ def test_a_large_batch_is_merged_a_slice_at_a_time_to_the_same_lists():
     assert sliced.merge_backlog
     vec = np.zeros(8, np.float32)
     sliced.apply({"kind": "item", "item_id": "new", "title": "new", "vector": vec.tobytes(),
-                  "model": "m"}, ctx2)
+                  "model": "m", "published_ts": 0}, ctx2)
     assert not sliced.merge_backlog, "merged before the catalog changed"
 
 

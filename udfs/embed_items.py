@@ -86,11 +86,12 @@ class EmbedItems(KeyedProcessFunction, LoggedOpen):
         self.g_embedded.set(stats.misses)
         self.g_hits.set(stats.hits)
 
-    def _update(self, item_id: str, title: str, deleted: bool, vector) -> Row:
+    def _update(self, item_id: str, title: str, deleted: bool, vector,
+                published_ts: int = 0) -> Row:
         if deleted:
-            return Row("delete", item_id, "", None, None, None, None, None)
+            return Row("delete", item_id, "", None, None, None, None, None, None)
         return Row("item", item_id, title, np.asarray(vector, np.float32).tobytes(),
-                   None, None, None, self.model_id)
+                   None, None, None, self.model_id, published_ts)
 
     def _dead_letter(self, item_id: str, title: str, text: str, reason: str,
                      partition: int = -1, offset: int = -1):
@@ -104,22 +105,23 @@ class EmbedItems(KeyedProcessFunction, LoggedOpen):
                             -1 if offset is None else offset, now_ms(),
                             max_raw_bytes=self.dlq_max_raw_bytes)
         # On the main output, not a side output: see jobs/ranking_job.py.
-        return Row(DEAD_LETTER_KIND, item_id, "", letter, None, None, None, None)
+        return Row(DEAD_LETTER_KIND, item_id, "", letter, None, None, None, None, None)
 
     def _embedded(self, items: list) -> Iterable:
-        """Catalog updates for ``items`` (``(item_id, title, text, partition, offset)``), with
-        a dead letter for each text that could not be embedded."""
+        """Catalog updates for ``items`` (``(item_id, title, text, partition, offset,
+        published_ts)``), with a dead letter for each text that could not be embedded."""
         if not items:
             return
         t0 = time.perf_counter()
-        results = self.embedder.embed_each([text for _, _, text, _, _ in items])
+        results = self.embedder.embed_each([it[2] for it in items])
         self.batch_ms.update((time.perf_counter() - t0) * 1000)
         self._report()
-        for (item_id, title, text, partition, offset), (vec, reason) in zip(items, results):
+        for (item_id, title, text, partition, offset, published), (vec, reason) in \
+                zip(items, results):
             if vec is None:
                 yield self._dead_letter(item_id, title, text, reason, partition, offset)
             else:
-                yield self._update(item_id, title, False, vec)
+                yield self._update(item_id, title, False, vec, published)
 
     def _arm_tick(self, ctx) -> None:
         due = ctx.timer_service().current_processing_time() + self.model.reembed_interval_ms
@@ -131,7 +133,9 @@ class EmbedItems(KeyedProcessFunction, LoggedOpen):
         if item["deleted"]:
             self.texts.remove(item_id)
         else:
-            self.texts.put(item_id, json.dumps([item["title"], item["text"]]))
+            # (what a model swap re-embeds; the publication time rides along)
+            self.texts.put(item_id, json.dumps([item["title"], item["text"],
+                                                item["published_ts"]]))
         bucket_model = self.bucket_model.value()
         if bucket_model is None:  # the bucket's first item: it starts ticking
             self.bucket_model.update(self.model_id)
@@ -150,7 +154,7 @@ class EmbedItems(KeyedProcessFunction, LoggedOpen):
             vec = self.embedder.lookup(item["text"])
             if vec is not None:
                 self._report()
-                yield self._update(item_id, item["title"], False, vec)
+                yield self._update(item_id, item["title"], False, vec, item["published_ts"])
                 return
             ctx.timer_service().register_processing_time_timer(
                 ctx.timer_service().current_processing_time() + self.model.batch_timeout_ms)
@@ -181,7 +185,8 @@ class EmbedItems(KeyedProcessFunction, LoggedOpen):
                      len(ids), self.model_id, self.bucket_model.value())
         chunk, rest = ids[: self.model.batch_size], ids[self.model.batch_size:]
         entries = [(i, self.texts.get(i)) for i in chunk]
-        entries = [(i, *json.loads(e), -1, -1) for i, e in entries if e is not None]
+        entries = [(i, t[0], t[1], -1, -1, t[2] if len(t) > 2 else 0)  # (older: no time)
+                   for i, t in ((i, json.loads(e)) for i, e in entries if e is not None)]
         for out in self._embedded(entries):
             if out[0] != DEAD_LETTER_KIND:
                 self.reembedded.inc()
@@ -198,7 +203,7 @@ class EmbedItems(KeyedProcessFunction, LoggedOpen):
         self.buffer.clear()
         self.count.clear()
         live = iter(self._embedded([
-            (it["item_id"], it["title"], it["text"], it["partition"], it["offset"])
-            for it in items if not it["deleted"]]))
+            (it["item_id"], it["title"], it["text"], it["partition"], it["offset"],
+             it["published_ts"]) for it in items if not it["deleted"]]))
         for it in items:  # in arrival order: a deletion after an upsert stays after it
             yield self._update(it["item_id"], "", True, None) if it["deleted"] else next(live)
