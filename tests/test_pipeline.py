@@ -217,6 +217,40 @@ def test_a_brand_new_item_reaches_the_list_of_a_user_it_matches(job):
     assert found["reason"].startswith("similar to ")
 
 
+def test_an_item_is_not_ranked_before_its_publication_time(job):
+    """An item whose ``published_ts`` is ahead of the events' times stays out of the lists
+    once the rankers have it (though its text matches the user best); the user's events at
+    or after that time rank it, fresh."""
+    settings, proc, producer, rankings, _ = job
+    probe = [f"ani{j}" for j in range(15)]
+
+    def ranked(i: int, ts: int) -> dict:
+        send(producer, settings, [event(f"soon-{i}", "fan", probe[i % 15], "view", ts=ts)])
+        return wait_for(lambda: rankings.by_event.get(f"soon-{i}") and rankings.ranking("fan"),
+                        proc, what=f"ranking soon-{i}")
+
+    size = ranked(0, int(time.time() * 1000))["catalog_size"]
+    published = int(time.time() * 1000) + 120_000  # (within validation.max_future_skew_ms)
+    produce(producer, settings.kafka.topics.items,
+            [{"item_id": "ani-soon", "title": "The Puppy Kitten Bunny Penguin Fairy",
+              "categories": ["Animation"],
+              "description": "Tags: animation, puppy, kitten, bunny, penguin, fairy.",
+              "ts": int(time.time() * 1000), "published_ts": published}],
+            "item_id", progress=False)
+    in_catalog = 0
+    for i in range(1, 40):
+        rec = ranked(i, int(time.time() * 1000))
+        assert "ani-soon" not in [it["item_id"] for it in rec["items"]]
+        in_catalog += rec["catalog_size"] == size + 1
+        if in_catalog >= 2:
+            break
+        time.sleep(0.5)
+    assert in_catalog >= 2, "the item never reached the rankers"
+    found = [i for i in range(40, 48)
+             if "ani-soon" in [it["item_id"] for it in ranked(i, published + i)["items"]]]
+    assert found, "the item never reached the list once published"
+
+
 def test_deleted_item_leaves_rankings(job):
     settings, proc, producer, rankings, _ = job
     send(producer, settings, [event("d-1", "deleter", "rom0", "like")])
