@@ -226,6 +226,11 @@ class CatalogIndex(CooccurrenceLists):
         lo, hi = np.searchsorted(times, [now_ts - horizon_ms, now_ts], side="right")
         return rows[lo:hi], now_ts - times[lo:hi]
 
+    @property
+    def published_version(self) -> int:
+        """Bumped whenever a row's publication time changes (caches of derived terms)."""
+        return self._published_version
+
     def _published_order(self) -> tuple:
         """(publication times, rows) of the rows that have one, by time; once per change."""
         version, times, rows = self._by_published

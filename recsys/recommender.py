@@ -86,9 +86,10 @@ def candidate_rows(state: UserState, cat: CatalogIndex, p: ModelParams,
     popular and trending items and, given ``now_ts``, the newest published ones (with a
     ``freshness_weight``). Sorted, unique."""
     parts = [np.flatnonzero(cooc), cat.popular_rows(p.popular_candidates)]  # cooc >= 0
-    if p.freshness_weight and now_ts is not None:  # the newest published items
-        parts.append(cat.published_since(now_ts, scoring.FRESH_HALF_LIVES
-                                         * p.freshness_half_life_ms)[0][-p.popular_candidates:])
+    if now_ts is not None:  # the newest published items that freshness lifts
+        fresh = scoring.freshness_term(cat, now_ts, p.freshness_weight,
+                                       p.freshness_half_life_ms)[0]
+        parts.append(fresh[max(fresh.size - p.popular_candidates, 0):])
     if has_content(state, cat, p):
         parts.append(cat.ann_rows(state.centroids, p.ann_candidates, p.ann_nprobe))
     return np.unique(np.concatenate(parts))
@@ -150,8 +151,8 @@ def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: Mod
         pieces = [scoring.cooc_pieces(st, cat, p) for st in states]
         pop = cat.relative_log_counts()
         trends = [scoring.trend_vector(cat, ts, p.popularity_half_life_ms) for _, ts in part]
-        fresh = [scoring.freshness(cat, ts, p.freshness_half_life_ms) if p.freshness_weight
-                 else () for _, ts in part]
+        fresh = [scoring.freshness_term(cat, ts, p.freshness_weight, p.freshness_half_life_ms)
+                 for _, ts in part]
         w = np.array([user_weights(st, p) for st in states])
     finally:
         content = content_of()
@@ -159,11 +160,10 @@ def _rank_exact(part: Sequence[tuple[UserState, int]], cat: CatalogIndex, p: Mod
     size = max(p.k, p.mmr_candidates)
     scores, cooc, tops, pool = [], [], [], []
     for u, st in enumerate(states):
-        excluded = [cat.rows_of_keys(st.seen), deleted, cat.unpublished_rows(part[u][1])]
-        excluded = np.concatenate(excluded) if excluded[1].size or excluded[2].size \
-            else excluded[0]
+        excluded = np.concatenate([cat.rows_of_keys(st.seen), deleted,
+                                   cat.unpublished_rows(part[u][1])])
         s_u, c_u, top = scoring.user_scores(content[u], pieces[u], cat, w[u], trends[u], pop,
-                                            excluded, fresh[u], p.freshness_weight)
+                                            excluded, fresh[u])
         scores.append(s_u)
         cooc.append(c_u)
         tops.append(top)
@@ -203,13 +203,13 @@ def rank_one(state: UserState, cat: CatalogIndex, p: ModelParams, now_ts: int,
     feats = features(state, cat, p, now_ts, rows=cand, cooc=cooc, content=content)
     w = user_weights(state, p)
     scores = fusion.fuse(feats, w)
-    if p.freshness_weight:
-        fresh_rows, fresh = scoring.freshness(cat, now_ts, p.freshness_half_life_ms)
-        if cand is not None:  # (candidates are sorted)
-            at = np.minimum(np.searchsorted(cand, fresh_rows), max(cand.size - 1, 0))
-            hit = cand[at] == fresh_rows if cand.size else np.zeros(0, bool)
-            fresh_rows, fresh = at[hit], fresh[hit]
-        scores[fresh_rows] += p.freshness_weight * fresh
+    fresh_rows, fresh = scoring.freshness_term(cat, now_ts, p.freshness_weight,
+                                               p.freshness_half_life_ms)
+    if cand is not None:  # the candidates' positions of the fresh rows
+        _, fresh_rows, of = np.intersect1d(cand, fresh_rows, assume_unique=True,
+                                           return_indices=True)
+        fresh = fresh[of]
+    scores[fresh_rows] += fresh
     exclude = cat.exclusion_mask(state.seen, now_ts)
     pool = ranking.top_k(scores, max(p.k, p.mmr_candidates),
                          exclude if cand is None else exclude[cand])

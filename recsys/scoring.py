@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -41,15 +41,23 @@ TREND_STEPS = 1024
 FRESH_HALF_LIVES = 10
 
 
-def freshness(cat, now_ts: int, half_life_ms: float) -> tuple:
-    """(rows, values): 0.5 ** (age / ``half_life_ms``) of the items published in the
-    ``FRESH_HALF_LIVES`` half-lives up to ``now_ts`` (``CatalogIndex.published``); every other
-    row's freshness is 0. Not a learned feature: ``ranking.freshness_weight`` times it is
-    added to the fused score."""
-    if not half_life_ms > 0:
-        return np.empty(0, np.int64), np.empty(0)
-    rows, ages = cat.published_since(now_ts, FRESH_HALF_LIVES * half_life_ms)
-    return rows, np.exp2(ages / -half_life_ms)
+def freshness_term(cat, now_ts: int, weight: float, half_life_ms: float) -> tuple:
+    """(rows, terms): what freshness adds to the fused scores at ``now_ts``, ``weight`` *
+    0.5 ** (age / ``half_life_ms``) for the items published in the ``FRESH_HALF_LIVES``
+    half-lives before (``CatalogIndex.published``), nothing to any other row. A fixed term,
+    not a learned feature. The last result is kept on the catalog: eval ranks both of its
+    streamrank variants at each event's time."""
+    stamp = (cat.published_version, now_ts, weight, half_life_ms)
+    cached = getattr(cat, "_fresh", None)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    if weight and half_life_ms > 0:
+        rows, ages = cat.published_since(now_ts, FRESH_HALF_LIVES * half_life_ms)
+        term = (rows, weight * np.exp2(ages / -half_life_ms))
+    else:
+        term = (np.empty(0, np.int64), np.empty(0))
+    cat._fresh = (stamp, term)
+    return term
 
 
 def trend_clock(now_ts: int, half_life_ms: float) -> int:
@@ -226,11 +234,11 @@ def start_content_matrix(states: Sequence, cat, precision: str) -> Callable[[], 
 
 def user_scores(content: np.ndarray, pieces: CoocPieces, cat, w: np.ndarray,
                 trend: np.ndarray, pop: np.ndarray, excluded: np.ndarray,
-                fresh: tuple = (), fresh_weight: float = 0.0) -> tuple:
+                fresh: Optional[tuple] = None) -> tuple:
     """One user's fused score of every catalog row, ``excluded`` rows at -inf: returns
     (scores, the co-occurrence feature, the best co-occurrence score). ``content``: the
     user's row of :func:`start_content_matrix`'s result; ``w``: their fusion weights (float64);
-    ``fresh``: :func:`freshness` at the user's event time, added times ``fresh_weight``.
+    ``fresh``: :func:`freshness_term` at the user's event time.
 
     One user at a time on purpose: each pass then runs over a row that stays in the CPU's
     cache (~78 KB in float64 at 10k items) rather than over [users, n] arrays (1.5 MB at 20
@@ -243,8 +251,8 @@ def user_scores(content: np.ndarray, pieces: CoocPieces, cat, w: np.ndarray,
     scores += term
     scores += np.multiply(pop, w[F_POP], out=term)
     scores += np.multiply(trend, w[F_TREND], out=term)
-    if fresh_weight and len(fresh) and fresh[0].size:
-        scores[fresh[0]] += fresh_weight * fresh[1]
+    if fresh is not None:
+        scores[fresh[0]] += fresh[1]
     scores[excluded] = -np.inf
     return scores, cooc, top
 
