@@ -71,6 +71,7 @@ class FlinkSettings:
     python_bundle_size: int
     python_bundle_time_ms: int
     buffer_timeout_ms: int
+    event_batch_ms: int
     checkpoint_interval_ms: int
     state_backend: Literal["rocksdb", "hashmap"]
     checkpoint_dir: str

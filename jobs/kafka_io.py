@@ -76,7 +76,7 @@ def source_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: st
 
 def keyed_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
                  table: str, key_sql: str, fetch_wait_ms: int = 0,
-                 with_ts: bool = False) -> KeyedStream:
+                 with_ts: bool = False, batch_ms: int = 0) -> KeyedStream:
     """The rows ``(key, value, topic, partition, offset[, ts], routed_by)`` of
     :func:`source_table` keyed by ``key_sql`` (a SQL expression over its columns giving a
     non-null STRING; ``routed_by`` is its value), the keying done in Java. PyFlink's
@@ -85,7 +85,16 @@ def keyed_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str
     all serialised on that lock, more than the call itself. The same shape ``key_by``
     builds: (key, row) rows keyed on the first field by PyFlink's ``KeyByKeySelector``; a
     keyed Python operator is handed the row. ``with_ts``: with the record's timestamp (a
-    conversion per record: only where dead letters need it)."""
+    conversion per record: only where dead letters need it).
+
+    ``batch_ms`` > 0: a keyed Python operator is handed a batch instead, every record of
+    one key within a tumbling processing-time window of ``batch_ms`` (Flink SQL's window
+    aggregation, in Java): a row of the same fields, each an array over the batch's records
+    in the order they were read, but ``topic`` (the one topic) and ``routed_by`` (the key);
+    one Python call per key and window rather than per record
+    (``operators.parse.event_records`` reads it). It adds up to ``batch_ms`` of latency.
+    (One array per field: ``ARRAY_AGG`` of a ``ROW`` repeats one row, Flink 2.2 reusing the
+    row object it aggregates.)"""
     from pyflink.common import Types
     from pyflink.java_gateway import get_gateway
 
@@ -95,12 +104,24 @@ def keyed_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str
         + ["routed_by"]
     types = [raw, raw, Types.STRING(), Types.INT(), Types.LONG()] + \
         ([Types.INSTANT()] if with_ts else []) + [Types.STRING()]
-    row_type = Types.ROW_NAMED(names, types)
     fields = ", ".join(f"`{n}`" for n in names[:-1])
+    if batch_ms > 0:
+        view = f"{table}_keyed"
+        t_env.create_temporary_view(view, t_env.sql_query(
+            f"SELECT {key_sql} AS k, *, PROCTIME() AS pt FROM `{table}`"))
+        aggregates = ", ".join(f"MAX(`{n}`) AS `{n}`" if n == "topic" else
+                               f"ARRAY_AGG(`{n}`) AS `{n}`" for n in names[:-1])
+        query = (f"SELECT k, ROW({fields}, k) AS r FROM (SELECT k, {aggregates} FROM TABLE("
+                 f"TUMBLE(TABLE `{view}`, DESCRIPTOR(pt), INTERVAL '{batch_ms / 1000:.3f}' "
+                 "SECOND)) GROUP BY k, window_start, window_end)")
+        types = [t if n in ("topic", "routed_by") else Types.OBJECT_ARRAY(t)
+                 for n, t in zip(names, types)]
+    else:
+        query = f"SELECT k, ROW({fields}, k) AS r FROM (SELECT {key_sql} AS k, * FROM `{table}`)"
+    row_type = Types.ROW_NAMED(names, types)
     # (to_append_stream, not to_data_stream: PyFlink's keyed operators take a RowTypeInfo)
-    with_key = t_env.to_append_stream(t_env.sql_query(
-        f"SELECT k, ROW({fields}, k) AS r FROM (SELECT {key_sql} AS k, * FROM `{table}`)"),
-        Types.ROW([Types.STRING(), row_type]))
+    with_key = t_env.to_append_stream(t_env.sql_query(query),
+                                      Types.ROW([Types.STRING(), row_type]))
     selector = get_gateway().jvm.org.apache.flink.streaming.api.functions.python \
         .KeyByKeySelector()
     return KeyedStream(with_key._j_data_stream.keyBy(
@@ -115,7 +136,7 @@ def keyed_by_record_key(t_env: StreamTableEnvironment, kafka: KafkaSettings, top
 
 
 def keyed_by_user(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str,
-                  table: str) -> KeyedStream:
+                  table: str, batch_ms: int = 0) -> KeyedStream:
     """The events topic for the ranker, which parses each record itself: :func:`keyed_source`
     keyed by the ``user_id`` of the record's JSON value (Flink's ``JSON_VALUE``; '' when the
     value is null, not JSON or has no scalar ``user_id``), lone surrogates (``"\\ud800"``)
@@ -126,7 +147,7 @@ def keyed_by_user(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: st
     user = "COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '')"
     return keyed_source(t_env, kafka, topic, table,
                         f"REGEXP_REPLACE({user}, '[\\x{{D800}}-\\x{{DFFF}}]', '')",
-                        with_ts=True)
+                        with_ts=True, batch_ms=batch_ms)
 
 
 def _sink_options(kafka: KafkaSettings, topic: str, sink_name: str) -> dict:

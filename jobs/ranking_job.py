@@ -107,7 +107,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     model_id = model_id_for(settings.model.name_or_path, settings.model.precision)
     items, catalog, embed_dlq = catalog_streams(t_env, settings)
     # Events keyed by user in Java (the user_id of the JSON value), parsed by the ranker.
-    events = kafka_io.keyed_by_user(t_env, kafka, topics.events, "events_source")
+    events = kafka_io.keyed_by_user(t_env, kafka, topics.events, "events_source",
+                                    settings.flink.event_batch_ms)
     # The item branch: the interactions topic (each consumed item with the user's recent
     # items, written by the rankers below) and the catalog, keyed by item; it broadcasts the
     # statistics and co-occurrence counts of catalog items to the rankers. A topic closes

@@ -31,7 +31,8 @@ from operators.types import KEYED_RECORD_TYPE, ROUTED_RECORD_TYPE  # noqa: E402
 
 def build_skeleton(env, t_env, settings: Settings) -> None:
     kafka, topics = settings.kafka, settings.kafka.topics
-    rankings = (kafka_io.keyed_by_user(t_env, kafka, topics.events, "events_source")
+    rankings = (kafka_io.keyed_by_user(t_env, kafka, topics.events, "events_source",
+                                       settings.flink.event_batch_ms)
                 .process(StateTouch("ranking", settings.validation),
                          output_type=ROUTED_RECORD_TYPE)
                 .name("rank-users"))

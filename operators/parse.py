@@ -34,6 +34,20 @@ def _source_dead_letter(err: InvalidRecord, row, validation: ValidationSettings)
                           source_ts(row["ts"]), max_raw_bytes=validation.dlq_max_raw_bytes))
 
 
+def event_records(element) -> Iterable:
+    """The events-topic records an element of ``kafka_io.keyed_by_user`` carries: the record
+    itself, or a batch's (``flink.event_batch_ms``: a row of per-field arrays, in the order
+    read) as one mapping per record with the record's field names."""
+    values = element["value"]
+    if not isinstance(values, tuple):
+        return (element,)
+    topic, key = element["topic"], element["routed_by"]
+    return [{"key": k, "value": v, "topic": topic, "partition": p, "offset": o, "ts": ts,
+             "routed_by": key}
+            for k, v, p, o, ts in zip(element["key"], values, element["partition"],
+                                      element["offset"], element["ts"])]
+
+
 class EventParser:
     """Raw ``events`` rows -> typed events, inside the keyed operator that uses them (the
     ranker, and the skeleton's stand-in): the topic is keyed by user in Java

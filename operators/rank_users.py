@@ -17,7 +17,7 @@ from contracts.messages import Event, InvalidRecord, dlq_record, ranking_record
 from operators.catalog_mirror import CatalogMirror
 from operators.common import LoggedOpen, now_ms, user_ttl
 from operators.flink_metrics import LatencyWindow, OperatorMetrics
-from operators.parse import EventParser
+from operators.parse import EventParser, event_records
 from operators.codecs import pack_interaction
 from operators.types import DLQ_TAG, STATE_BYTES, TO_INTERACTIONS, TO_RANKINGS
 from recsys import kernel, recommender, user_step
@@ -140,30 +140,36 @@ class RankUsers(KeyedBroadcastProcessFunction, LoggedOpen):
             self.g_missing.set(len(self.mirror.missing))
         return ()
 
-    def process_element(self, row, ctx) -> Iterable:
-        """``row``: an events-topic record keyed by user (``kafka_io.keyed_by_user``), parsed
-        here (:class:`EventParser`): a dead letter, or the user's step."""
+    def process_element(self, element, ctx) -> Iterable:
+        """``element``: an events-topic record keyed by user (``kafka_io.keyed_by_user``), or
+        a batch of the user's records in the order read (``flink.event_batch_ms``), each
+        parsed here (:class:`EventParser`): a dead letter, or the user's step. A batch's
+        steps share one state read and one write, as if its events came one by one."""
         self.mirror.restore(ctx)
         t0 = self._last_event = time.perf_counter()
         if self.mirror.merge_backlog:  # a slice of the co-occurrence received
             self._merge_slice()
-        incoming = self.parser.parse(row, row["routed_by"])
-        if not isinstance(incoming, Event):
-            yield incoming  # (DLQ_TAG, dead letter)
-            return
-        user_id = incoming.user_id
-        queued = self._take_queued(user_id)
-        if queued is not None:
-            queued.ranked = None  # ranked before this event: no longer the state's ranking
-        slot = Slot(queued.state if queued is not None else self._load())
-        due_before = getattr(slot.state, "due", None)
+        slot = queued = user_id = None
         now = self.clock()
-        for out in user_step.on_event(slot, incoming, self.catalog, self.p, self.step,
-                                      self.mirror.model, now):
-            yield self._record(out, slot.state, user_id, queued, t0)
-        if queued is not None and getattr(slot.state, "due", None) is not due_before:
-            queued = None  # a new due ranking: a window of its own
-        self._store(ctx, user_id, slot, now, queued, t0)
+        for row in event_records(element):
+            incoming = self.parser.parse(row, row["routed_by"])
+            if not isinstance(incoming, Event):
+                yield incoming  # (DLQ_TAG, dead letter)
+                continue
+            if slot is None:
+                user_id = incoming.user_id
+                queued = self._take_queued(user_id)
+                if queued is not None:
+                    queued.ranked = None  # ranked before this event: no longer its ranking
+                slot = Slot(queued.state if queued is not None else self._load())
+            due_before = getattr(slot.state, "due", None)
+            for out in user_step.on_event(slot, incoming, self.catalog, self.p, self.step,
+                                          self.mirror.model, now):
+                yield self._record(out, slot.state, user_id, queued, t0)
+            if queued is not None and getattr(slot.state, "due", None) is not due_before:
+                queued = None  # a new due ranking: a window of its own
+        if slot is not None:
+            self._store(ctx, user_id, slot, now, queued, t0)
 
     def on_timer(self, timestamp: int, ctx) -> Iterable:
         """A window's end, a held events' retry or a forgotten marker's expiry (or several)."""

@@ -15,7 +15,7 @@ from contracts.config import ValidationSettings
 from contracts.messages import Event, ranking_record
 from operators.codecs import pack_interaction
 from operators.flink_metrics import OperatorMetrics
-from operators.parse import EventParser
+from operators.parse import EventParser, event_records
 from operators.types import STATE_BYTES, TO_INTERACTIONS, TO_RANKINGS
 
 STATE_SIZE = 2048  # bytes read and written per event and operator (a user state's order)
@@ -35,14 +35,18 @@ class StateTouch(KeyedProcessFunction):
         if self.emit == "ranking":
             self.parser = EventParser(self.validation, OperatorMetrics(ctx))
 
-    def process_element(self, row, ctx) -> Iterable:
-        if self.emit == "ranking":
-            ev = self.parser.parse(row, row["routed_by"])
-            if not isinstance(ev, Event):
-                return  # (the skeleton has no dead-letter sink)
+    def process_element(self, element, ctx) -> Iterable:
+        """``element``: a record, or a batch of one key's records (``flink.event_batch_ms``:
+        one state read and write for all of them, as the ranker does)."""
+        rows = event_records(element)
         raw = self.state.value()
         self.state.update(raw if raw is not None else bytes(STATE_SIZE))
-        if self.emit == "ranking":
+        if self.emit != "ranking":
+            return
+        for row in rows:
+            ev = self.parser.parse(row, row["routed_by"])
+            if not isinstance(ev, Event):
+                continue  # (the skeleton has no dead-letter sink)
             user = ev.user_id
             yield Row(user.encode("utf-8"), ranking_record(
                 user_id=user, items=[], k=0, model="skeleton", event_ids=[ev.event_id],

@@ -137,3 +137,50 @@ def test_the_cooccurrence_merge_takes_a_bounded_share_of_the_rankers_time():
     for x in ids:
         assert ranker.catalog.neighbours[x] == {y: halves[x][y] + halves[y][x]
                                                 for y in ids if y != x}
+
+
+def _records(user, events, now):
+    """Events-topic records of ``user`` (``kafka_io.keyed_by_user``'s fields); ``events``:
+    (item, event_id) pairs, or raw bytes for a record that is not a valid event."""
+    out = []
+    for n, e in enumerate(events):
+        value = e if isinstance(e, bytes) else json.dumps(
+            {"user_id": user, "item_id": e[0], "type": "click", "ts": now + n,
+             "event_id": e[1]}).encode()
+        out.append({"key": user.encode(), "value": value, "topic": "events", "partition": 3,
+                    "offset": 100 + n, "ts": None, "routed_by": user})
+    return out
+
+
+def test_a_batch_of_a_users_records_is_stepped_as_if_they_came_one_by_one():
+    """``flink.event_batch_ms``: the ranker is handed one user's records as a batch (a row
+    of per-field arrays, ``kafka_io.keyed_by_user``). It must emit what the same records sent
+    one by one emit: the same interactions and dead letters in the same order, the same
+    rankings covering the same events, and leave the same state and timers."""
+    from pyflink.common import Row
+
+    from operators.parse import event_records
+
+    events = [("i1", "e1"), ("i2", "e2"), b"not json", ("i3", "e3"), ("i1", "e4")]
+    records = _records("u", events, now=3_001)
+    batch = Row(key=tuple(r["key"] for r in records), value=tuple(r["value"] for r in records),
+                topic="events", partition=tuple(r["partition"] for r in records),
+                offset=tuple(r["offset"] for r in records), ts=(None,) * len(records),
+                routed_by="u")
+    assert event_records(batch) == records
+    outputs = []
+    for given in ("one by one", "batch"):
+        ctx = FakeContext()
+        ranker = _ranker(ctx)
+        ctx.key, ctx.now = "u", 3_005
+        elements = records if given == "one by one" else [batch]
+        out = [r for element in elements for r in ranker.process_element(element, ctx)]
+        state, timers = ctx.store["u"], set(ctx.timers)
+        out += [r for at, key in sorted(timers) for r in ranker.on_timer(at, ctx)]
+        rankings = [json.loads(r[1]) for r in out if len(r) == 3 and r[2] == TO_RANKINGS]
+        outputs.append(([repr(r) for r in out if "emitted_ts" not in repr(r)],
+                        [(r["event_ids"], r["items"]) for r in rankings], state, timers))
+    assert outputs[0] == outputs[1]
+    texts, rankings, _, _ = outputs[1]
+    assert [ids for ids, _ in rankings] == [["e1", "e2", "e3", "e4"]] and rankings[0][1]
+    assert sum("not_json" in t for t in texts) == 1 and sum("i1" in t for t in texts) >= 2

@@ -3,6 +3,7 @@ ranking record per event, and the interactions loop through its topic to the ite
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -15,8 +16,11 @@ from tests.conftest import isolated_settings
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
 
-def test_skeleton_job_covers_every_event(kafka_bootstrap, tmp_path):
-    settings = isolated_settings(kafka_bootstrap, tmp_path)
+@pytest.mark.parametrize("batch_ms", [0, 20])
+def test_skeleton_job_covers_every_event(kafka_bootstrap, tmp_path, batch_ms):
+    """Both ways the events topic reaches the ranker: record by record, and in batches of
+    each user's records (``flink.event_batch_ms``, gathered in Flink SQL)."""
+    settings = isolated_settings(kafka_bootstrap, tmp_path, **{"flink.event_batch_ms": batch_ms})
     create_topics(settings.kafka)
     proc = JobProcess(settings, tmp_path / "skeleton.log", module="jobs.skeleton_job").start()
     rankings = RankingsReader(kafka_bootstrap, settings.kafka.topics.rankings)
@@ -28,6 +32,11 @@ def test_skeleton_job_covers_every_event(kafka_bootstrap, tmp_path):
         produce(producer, settings.kafka.topics.events, events, "user_id", progress=False)
         assert rankings.wait_ranked([e["event_id"] for e in events], 180, job=proc) == 20, \
             proc.tail()
+        # one ranking per event, each user's in the order produced
+        for user in ("u0", "u1", "u2"):
+            ids = [r["event_id"] for r in map(json.loads, (v for _, v, _ in rankings.records))
+                   if r["user_id"] == user]
+            assert ids == [e["event_id"] for e in events if e["user_id"] == user]
         deadline = time.monotonic() + 30
         while interactions.count() < 20 and time.monotonic() < deadline:
             time.sleep(0.2)
