@@ -2,10 +2,10 @@
 
     items  -> parse -> embed (batched, cached) ----------------------------------.
            '-------------------------------------------------.               | broadcast
-    events -> key_by(user, in Java) -> parse + rank (keyed state) <----------+  -> rankings
-                                        |   '--(bad)--> events-dlq
-                                        '-> interactions topic -> key_by(item) -> item branch
-                                                               (statistics, co-occurrence)
+    events -> key_by(user) + batch, in Java -> parse + rank (keyed state) <--+  -> rankings
+                                                |   '--(bad)--> events-dlq
+                                                '-> interactions topic -> key_by(item)
+                                                    -> item branch (statistics, co-occurrence)
 
 Run it in a local MiniCluster with ``streamrank run``, or on a cluster with
 ``flink run -py jobs/ranking_job.py [--config FILE] [--set key=value ...]``.
@@ -106,7 +106,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     kafka, topics = settings.kafka, settings.kafka.topics
     model_id = model_id_for(settings.model.name_or_path, settings.model.precision)
     items, catalog, embed_dlq = catalog_streams(t_env, settings)
-    # Events keyed by user in Java (the user_id of the JSON value), parsed by the ranker.
+    # Events keyed by user in Java (the user_id of the JSON value) and gathered into per-user
+    # batches of flink.event_batch_ms, parsed by the ranker.
     events = kafka_io.keyed_by_user(t_env, kafka, topics.events, "events_source",
                                     settings.flink.event_batch_ms)
     # The item branch: the interactions topic (each consumed item with the user's recent
