@@ -150,6 +150,7 @@ def _run_facts(settings: Settings, catalog: int, streams: dict, rate: float,
             "latency_rate": rate, "cores": cores(),
             "delivery": settings.kafka.delivery_guarantee,
             "state_backend": settings.flink.state_backend,
+            "event_batch_ms": settings.flink.event_batch_ms,
             "emit_window_ms": settings.ranking.emit_window_ms,
             "kernel_precision": {"job": kernel.resolve(precision),
                                  "loop": kernel.chosen(precision)}}
