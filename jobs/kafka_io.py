@@ -105,10 +105,11 @@ def keyed_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str
     types = [raw, raw, Types.STRING(), Types.INT(), Types.LONG()] + \
         ([Types.INSTANT()] if with_ts else []) + [Types.STRING()]
     fields = ", ".join(f"`{n}`" for n in names[:-1])
+    keyed = f"SELECT {key_sql} AS k, * FROM `{table}`"
     if batch_ms > 0:
         view = f"{table}_keyed"
         t_env.create_temporary_view(view, t_env.sql_query(
-            f"SELECT {key_sql} AS k, *, PROCTIME() AS pt FROM `{table}`"))
+            f"SELECT *, PROCTIME() AS pt FROM ({keyed})"))
         aggregates = ", ".join(f"MAX(`{n}`) AS `{n}`" if n == "topic" else
                                f"ARRAY_AGG(`{n}`) AS `{n}`" for n in names[:-1])
         query = (f"SELECT k, ROW({fields}, k) AS r FROM (SELECT k, {aggregates} FROM TABLE("
@@ -117,7 +118,7 @@ def keyed_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, topic: str
         types = [t if n in ("topic", "routed_by") else Types.OBJECT_ARRAY(t)
                  for n, t in zip(names, types)]
     else:
-        query = f"SELECT k, ROW({fields}, k) AS r FROM (SELECT {key_sql} AS k, * FROM `{table}`)"
+        query = f"SELECT k, ROW({fields}, k) AS r FROM ({keyed})"
     row_type = Types.ROW_NAMED(names, types)
     # (to_append_stream, not to_data_stream: PyFlink's keyed operators take a RowTypeInfo)
     with_key = t_env.to_append_stream(t_env.sql_query(query),

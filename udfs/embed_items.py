@@ -184,9 +184,12 @@ class EmbedItems(KeyedProcessFunction, LoggedOpen):
             log.info("embed-items: re-embedding %d items of a bucket for model %s (was %s)",
                      len(ids), self.model_id, self.bucket_model.value())
         chunk, rest = ids[: self.model.batch_size], ids[self.model.batch_size:]
-        entries = [(i, self.texts.get(i)) for i in chunk]
-        entries = [(i, t[0], t[1], -1, -1, t[2] if len(t) > 2 else 0)  # (older: no time)
-                   for i, t in ((i, json.loads(e)) for i, e in entries if e is not None)]
+        entries = []
+        for i in chunk:
+            stored = self.texts.get(i)
+            if stored is not None:
+                title, text, *published = json.loads(stored)  # (older entries: no time)
+                entries.append((i, title, text, -1, -1, published[0] if published else 0))
         for out in self._embedded(entries):
             if out[0] != DEAD_LETTER_KIND:
                 self.reembedded.inc()
