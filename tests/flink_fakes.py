@@ -17,21 +17,48 @@ class BroadcastState(dict):
         self.pop(k, None)
 
 
+class FakeListState:
+    """A keyed list state: one list per current key of its context."""
+
+    def __init__(self, ctx: "FakeContext"):
+        self.ctx = ctx
+
+    def get(self):
+        return list(self.ctx.lists.get(self.ctx.key, ()))
+
+    def add(self, value):
+        self.ctx.lists.setdefault(self.ctx.key, []).append(value)
+
+    def clear(self):
+        self.ctx.lists.pop(self.ctx.key, None)
+
+
 class FakeContext:
     """One object for everything an operator is handed: runtime context (keyed value state,
-    broadcast state, no metrics), the keyed value state itself (one value per current key),
-    processing time and timers, and the current key. ``store`` and ``timers`` are what a
-    checkpoint keeps; ``calls`` counts ``get_broadcast_state``."""
+    a keyed list state, broadcast state, no metrics), the keyed value state itself (one value
+    per current key), processing time and timers, and the current key. ``store``, ``lists``
+    and ``timers`` are what a checkpoint keeps (:meth:`restored`); ``calls`` counts
+    ``get_broadcast_state``."""
 
-    def __init__(self, store=None, timers=None):
+    def __init__(self, store=None, timers=None, lists=None):
         self.store = {} if store is None else store
+        self.lists = {} if lists is None else lists
         self.timers = set() if timers is None else timers  # (time, key)
         self.states: dict[str, BroadcastState] = {}
         self.key, self.now, self.calls = None, 0, 0
 
+    def restored(self, timers=None) -> "FakeContext":
+        """A context with a copy of what a checkpoint taken now keeps (``timers`` instead of
+        the current ones when given)."""
+        return FakeContext(dict(self.store), set(self.timers if timers is None else timers),
+                           {k: list(v) for k, v in self.lists.items()})
+
     # RuntimeContext and broadcast access
     def get_state(self, descriptor):
         return self
+
+    def get_list_state(self, descriptor):
+        return FakeListState(self)
 
     def get_metrics_group(self):
         raise RuntimeError("no metrics here")

@@ -112,13 +112,14 @@ def test_changed_entries_merge_into_the_half_the_ranker_holds():
 
 # -- the item branch's outbox, timers and restore (a FakeContext: PyFlink's keyed context) --
 
-def _branch(keyed, interval_ms=1000, nbrs_ms=5000):
+def _branch(keyed, interval_ms=1000, nbrs_ms=5000, max_neighbours=200):
     from contracts.config import load_settings, parse_set_args
     from operators.item_branch import ItemBranch
 
     cfg = load_settings(None, parse_set_args([
         f"ranking.popularity_emit_interval_ms={interval_ms}",
-        f"ranking.neighbours_emit_interval_ms={nbrs_ms}"])).ranking
+        f"ranking.neighbours_emit_interval_ms={nbrs_ms}",
+        f"ranking.max_neighbours={max_neighbours}"])).ranking
     branch = ItemBranch(cfg)
     branch.open(keyed)
     return branch
@@ -190,7 +191,7 @@ def test_after_a_restore_the_timers_resend_what_the_lost_outbox_held(monkeypatch
     _interaction(branch, keyed, "a")
     _interaction(branch, keyed, "b", context=["a"])
     # The job fails here: state and timers come back from the checkpoint, the outbox does not.
-    restored = FakeContext(dict(keyed.store), set(keyed.timers))
+    restored = keyed.restored()
     branch = _branch(restored)
     # b is counted again before its timer: it is in the new outbox, with this change only;
     # its counts still go whole (the rankers may lack what the lost outbox held).
@@ -225,7 +226,7 @@ def test_one_timer_per_boundary_and_a_backstop_per_item_that_resends_after_a_res
         [["a", "b", "c"]]
     assert _fire(branch, keyed, until=50_000) == []  # backstops: all sent, nothing again
     # The same, failing before the boundary: state and timers back, the outbox not.
-    restored = FakeContext(dict(keyed.store), timers)
+    restored = keyed.restored(timers)
     branch = _branch(restored)
     monkeypatch.setattr(ib, "now_ms", lambda: 30_500)
     _interaction(branch, restored, "a")  # a again: queued by the new instance
@@ -249,11 +250,19 @@ def test_interval_zero_sends_every_interaction_at_once(monkeypatch):
     assert not keyed.timers
 
 
+def _state_record(keyed, item_id, max_neighbours=200):
+    """The record a branch that has not kept it reads from the state (value and log)."""
+    reader = _branch(keyed.restored(), max_neighbours=max_neighbours)
+    reader_ctx = reader.state  # (the FakeContext: one object for the keyed state)
+    reader_ctx.key = item_id
+    return reader._read(item_id)
+
+
 def test_the_records_kept_in_memory_are_the_state(monkeypatch):
-    """The branch reads an item's record from memory, never its state, once it has written
-    it; what it keeps must be what the state holds, deletions and evictions included."""
+    """The branch reads an item's record from memory, never its state, once it has it; what
+    it keeps must be what the state holds (the record written whole and the interactions
+    logged since), deletions and evictions included."""
     import operators.item_branch as ib
-    from recsys.item_stats import ItemRecord
 
     monkeypatch.setattr(ib, "_RECORDS_KEPT", 2)
     monkeypatch.setattr(ib, "now_ms", lambda: 30_100)
@@ -263,12 +272,34 @@ def test_the_records_kept_in_memory_are_the_state(monkeypatch):
         _known(branch, keyed, item_id)
     for item_id, context in (("a", ["b"]), ("b", ["a"]), ("c", ["a"]), ("a", ["c"])):
         _interaction(branch, keyed, item_id, context)
-    assert len(branch._records) == 2  # the first written went
+    assert len(branch._records) == 2  # the first kept went
     for item_id, rec in branch._records.items():
-        assert ItemRecord.from_bytes(keyed.store[item_id]) == rec
-    assert ItemRecord.from_bytes(keyed.store["a"]).earlier == {"b": 1.0, "c": 1.0}
+        assert _state_record(keyed, item_id) == rec
+    assert _state_record(keyed, "a").earlier == {"b": 1.0, "c": 1.0}
+    assert len(keyed.lists["a"]) == 2  # two interactions appended, the record not rewritten
     keyed.key = "c"
     list(branch.process_element2({"deleted": True}, keyed))
-    assert "c" not in keyed.store and "c" not in branch._records
+    assert "c" not in keyed.store and "c" not in keyed.lists and "c" not in branch._records
     _interaction(branch, keyed, "c", ["b"])  # counted afresh, not from the dropped record
     assert branch._records["c"].earlier == {"b": 1.0} and branch._records["c"].count == 1.0
+
+
+def test_an_items_log_is_written_whole_when_full_and_replays_to_the_same_record(monkeypatch):
+    """Interactions are appended to the item's log; the one after _LOG_MAX writes the record
+    whole and empties the log; a branch restored from any point reads the record the
+    running one holds, pruning of the counts included (max_neighbours 2: pruned past 4)."""
+    import operators.item_branch as ib
+
+    monkeypatch.setattr(ib, "now_ms", lambda: 40_100)
+    keyed = FakeContext()
+    branch = _branch(keyed, max_neighbours=2)
+    _known(branch, keyed, "a")
+    whole = keyed.store["a"]
+    for i in range(ib._LOG_MAX + 3):
+        _interaction(branch, keyed, "a", [f"n{i % 5}", f"m{i}"], ts=1_000 + i)
+        logged = (i + 1) if i < ib._LOG_MAX else i - ib._LOG_MAX
+        assert len(keyed.lists.get("a", ())) == logged
+        assert (keyed.store["a"] == whole) == (i < ib._LOG_MAX)  # rewritten when full
+        assert _state_record(keyed, "a", max_neighbours=2) == branch._records["a"]
+    rec = branch._records["a"]
+    assert rec.count == ib._LOG_MAX + 3 and len(rec.earlier) <= 4
