@@ -1,10 +1,10 @@
 """The keyed-by-item branch: item statistics and co-occurrence counts, for the rankers.
 
-One operator, two inputs keyed by item id: the interactions topic (each consumed item with the user's recent
-items, written by the rankers) and the catalog (to know which ids are items). Only catalog items are
-broadcast to the rankers; an id that is not in the catalog is counted until
-``ranking.unknown_item_ttl_ms`` after its first interaction (its held events may still be
-applied when it arrives) and then dropped, so random ids cannot grow the state.
+One operator, two inputs keyed by item id: the interactions topic (each consumed item with
+the user's recent items, written by the rankers) and the catalog (to know which ids are
+items). Only catalog items are broadcast to the rankers; an id that is not in the catalog is
+counted until ``ranking.unknown_item_ttl_ms`` after its first interaction (its held events
+may still be applied when it arrives) and then dropped, so random ids cannot grow the state.
 
 Each item's state is its :class:`recsys.item_stats.ItemRecord`, written whole, and the
 interactions counted since (a list state: each interaction's bytes as they came, one append
