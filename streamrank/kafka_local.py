@@ -40,6 +40,16 @@ logger.apache.level = WARN
 """
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: a UUID in URL-safe base64 (22 characters), never one that
+    starts with '-', which StorageTool's argument parser reads as an option and fails on (one
+    id in 64: a fresh broker failed to start once in a while)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 @dataclass
 class LocalBroker:
     """One local broker; ``data_dir`` holds its logs, pid file and configuration."""
@@ -128,9 +138,13 @@ class LocalBroker:
         java = ["java", f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
                 "-cp", cp]
         if not (self.data_dir / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            subprocess.run(java + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                   "-c", str(config)], check=True, capture_output=True)
+            done = subprocess.run(java + ["kafka.tools.StorageTool", "format", "-t",
+                                          new_cluster_id(), "-c", str(config)],
+                                  capture_output=True)
+            if done.returncode:
+                raise RuntimeError(f"formatting the broker's storage in {self.data_dir} failed "
+                                   f"(exit {done.returncode}): "
+                                   f"{done.stderr.decode(errors='replace')[-2000:]}")
         heap = self.settings.heap
         with open(self.data_dir / "broker.out", "ab") as out:
             proc = subprocess.Popen(
