@@ -128,17 +128,15 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         ``routed_by`` is the current key, the item id (read from the row: asking the context is
         a JVM call, which lets go of the interpreter's lock)."""
         try:
-            event_type, weight, ts, context = unpack_interaction(record[1])
+            interaction = unpack_interaction(record[1])
         except (ValueError, IndexError, UnicodeDecodeError, TypeError):
             self.malformed.inc()  # not written by a ranker: nothing to count
             return
         key = record[-1]
         rec = self._read(key)
-        updated = record_interaction(rec.log_pop, rec.count, rec.earlier, event_type, weight,
-                                     ts, context, self.p, self.cfg.max_neighbours)
-        if updated is None:
+        changed = self._count(rec, interaction)
+        if changed is None:
             return
-        rec.log_pop, rec.count, changed = updated
         now = now_ms()
         if not rec.known and rec.due_ms == 0:  # not in the catalog (yet): dropped unless
             rec.due_ms = now + self.cfg.unknown_item_ttl_ms  # it arrives
@@ -158,14 +156,21 @@ class ItemBranch(KeyedCoProcessFunction, LoggedOpen):
         rec = ItemRecord.from_bytes(self.state.value())
         logged = 0
         for data in self.log.get() or ():
-            event_type, weight, ts, context = unpack_interaction(data)
-            updated = record_interaction(rec.log_pop, rec.count, rec.earlier, event_type,
-                                         weight, ts, context, self.p, self.cfg.max_neighbours)
-            if updated is not None:
-                rec.log_pop, rec.count, _ = updated
+            self._count(rec, unpack_interaction(data))
             logged += 1
         self._keep(key, rec, logged, None)
         return rec
+
+    def _count(self, rec: ItemRecord, interaction: tuple) -> Optional[list[str]]:
+        """``rec`` after one unpacked interaction (in place): the keys of its counts that
+        changed, or None when the interaction does not count (``record_interaction``)."""
+        event_type, weight, ts, context = interaction
+        updated = record_interaction(rec.log_pop, rec.count, rec.earlier, event_type, weight,
+                                     ts, context, self.p, self.cfg.max_neighbours)
+        if updated is None:
+            return None
+        rec.log_pop, rec.count, changed = updated
+        return changed
 
     def _write(self, key: str, rec: ItemRecord) -> None:
         """The record written whole (its log, if any, cleared)."""

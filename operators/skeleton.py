@@ -38,12 +38,11 @@ class StateTouch(KeyedProcessFunction):
     def process_element(self, element, ctx) -> Iterable:
         """``element``: a record, or a batch of one key's records (``flink.event_batch_ms``:
         one state read and write for all of them, as the ranker does)."""
-        rows = event_records(element)
         raw = self.state.value()
         self.state.update(raw if raw is not None else bytes(STATE_SIZE))
         if self.emit != "ranking":
             return
-        for row in rows:
+        for row in event_records(element):
             ev = self.parser.parse(row, row["routed_by"])
             if not isinstance(ev, Event):
                 continue  # (the skeleton has no dead-letter sink)

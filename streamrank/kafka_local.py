@@ -123,6 +123,26 @@ class LocalBroker:
         except OSError:
             return False
 
+    def _java(self) -> list[str]:
+        return ["java", f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+                "-cp", kafka_classpath()]
+
+    def prepare(self, cluster_id: str | None = None) -> Path:
+        """Write the broker's configuration and format its storage unless it is formatted
+        already (``cluster_id``: a new one, :func:`new_cluster_id`, unless given); returns
+        the configuration's path. Raises with StorageTool's message when it fails."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        if not (self.data_dir / "data" / "meta.properties").exists():
+            done = subprocess.run(self._java() + [
+                "kafka.tools.StorageTool", "format", "-t", cluster_id or new_cluster_id(),
+                "-c", str(config)], capture_output=True)
+            if done.returncode:
+                raise RuntimeError(f"formatting the broker's storage in {self.data_dir} failed "
+                                   f"(exit {done.returncode}): "
+                                   f"{done.stderr.decode(errors='replace')[-2000:]}")
+        return config
+
     def up(self, wait_s: float = 60.0) -> None:
         """Start the broker unless it is already running; return once it accepts requests."""
         if self.pid() is not None:
@@ -132,19 +152,8 @@ class LocalBroker:
         if self.answers():
             raise RuntimeError(f"port {self.settings.port} is taken by another process; set "
                                "local_kafka.port (and kafka.bootstrap_servers) to a free port")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = self._write_config()
-        cp = kafka_classpath()
-        java = ["java", f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-                "-cp", cp]
-        if not (self.data_dir / "data" / "meta.properties").exists():
-            done = subprocess.run(java + ["kafka.tools.StorageTool", "format", "-t",
-                                          new_cluster_id(), "-c", str(config)],
-                                  capture_output=True)
-            if done.returncode:
-                raise RuntimeError(f"formatting the broker's storage in {self.data_dir} failed "
-                                   f"(exit {done.returncode}): "
-                                   f"{done.stderr.decode(errors='replace')[-2000:]}")
+        config = self.prepare()
+        java = self._java()
         heap = self.settings.heap
         with open(self.data_dir / "broker.out", "ab") as out:
             proc = subprocess.Popen(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
+import dataclasses
 import uuid
 
 import pytest
 
-from jobs.runtime import kafka_classpath
+from contracts.config import default_settings
 from streamrank import kafka_local
 
 
@@ -21,24 +21,18 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch):
     assert cluster_id == "EAAAAAAAAAAAAAAAAAAAAA"
 
 
-def _format(tmp_path, cluster_id: str) -> subprocess.CompletedProcess:
-    data = tmp_path / cluster_id.replace("-", "_")
-    config = tmp_path / f"{data.name}.properties"
-    config.write_text("process.roles=broker,controller\nnode.id=1\n"
-                      "controller.quorum.voters=1@127.0.0.1:9999\n"
-                      "listeners=PLAINTEXT://127.0.0.1:9998,CONTROLLER://127.0.0.1:9999\n"
-                      "controller.listener.names=CONTROLLER\n"
-                      f"log.dirs={data}\n")
-    return subprocess.run(["java", "-cp", kafka_classpath(), "kafka.tools.StorageTool",
-                           "format", "-t", cluster_id, "-c", str(config)],
-                          capture_output=True, timeout=120)
+def _broker(tmp_path, name: str) -> kafka_local.LocalBroker:
+    return kafka_local.LocalBroker(dataclasses.replace(
+        default_settings().local_kafka, data_dir=str(tmp_path / name)))
 
 
 @pytest.mark.kafka
 def test_storage_tool_refuses_a_dash_id_and_takes_ours(tmp_path):
     """The failure behind a fresh broker that would not start now and then, on the real
-    StorageTool of the bundled Kafka."""
+    StorageTool of the bundled Kafka, through the broker's own set-up."""
     dash = "-" + kafka_local.new_cluster_id()[1:]
-    assert _format(tmp_path, dash).returncode != 0
-    ours = _format(tmp_path, kafka_local.new_cluster_id())
-    assert ours.returncode == 0, ours.stderr.decode(errors="replace")[-2000:]
+    with pytest.raises(RuntimeError, match="formatting the broker's storage"):
+        _broker(tmp_path, "dash").prepare(dash)
+    broker = _broker(tmp_path, "ours")
+    broker.prepare()
+    assert (broker.data_dir / "data" / "meta.properties").exists()
